@@ -1,0 +1,45 @@
+"""Chatlink: WhatsApp short links. create_app() wires settings → pool → cache → blueprints → limiter → errors."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from . import errors, limits
+from .cache import Cache
+from .config import Settings, load_settings
+from .db import Database, app_conninfo
+from .jsonbody import MAX_BODY_BYTES
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the WSGI app from settings (default: the environment)."""
+    settings = settings or load_settings()
+    if not settings.database_url or not settings.redis_url:
+        raise RuntimeError("DATABASE_URL and REDIS_URL must be set (make run finds or starts them)")
+    app = Flask(__name__)
+    app.config.update(SETTINGS=settings, MAX_CONTENT_LENGTH=MAX_BODY_BYTES, JSON_SORT_KEYS=False,
+                      APP_DATABASE_URL=app_conninfo(settings.database_url, settings.app_database_url))
+    if settings.trusted_proxies:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies, x_proto=settings.trusted_proxies,
+                                x_host=0, x_port=0, x_prefix=0)
+    logging.getLogger("service").setLevel(settings.log_level.upper())
+
+    db = Database(app.config["APP_DATABASE_URL"], size=settings.db_pool_size, timeout_ms=settings.db_timeout_ms)
+    db.open()
+    cache = Cache(settings.redis_url, prefix=settings.key_prefix, timeout_ms=settings.redis_timeout_ms,
+                  breaker_seconds=settings.redis_breaker_seconds, link_ttl=settings.cache_ttl_seconds,
+                  not_found_ttl=settings.not_found_ttl_seconds)
+    app.extensions.update(db=db, cache=cache)
+
+    from . import health, links, redirect
+
+    app.register_blueprint(health.bp)
+    app.register_blueprint(links.bp)
+    app.register_blueprint(redirect.bp)  # last: /<slug> must not shadow the fixed paths
+    errors.init_app(app)
+    app.extensions["chatlink_limiter"] = limits.init_app(app, settings, settings.redis_url,
+                                                         cache.keys.limiter_prefix())
+    return app

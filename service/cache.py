@@ -1,0 +1,179 @@
+"""The Redis client (short timeouts, circuit breaker), every key builder, and the link cache: get, put, invalidate."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable, TypeVar
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+NEGATIVE = ""  # cached answer for a slug PostgreSQL does not know
+# Written by an edit for a moment so that a read that began before the edit cannot refill the old value
+# (fills use SET NX): the next redirects read PostgreSQL until it expires.
+TOMBSTONE = "~"
+TOMBSTONE_SECONDS = 2
+
+
+class RedisDown(Exception):
+    """Redis is unreachable or the breaker is open; callers fall back to PostgreSQL or in-process state."""
+
+
+@dataclass(frozen=True)
+class CachedLink:
+    """What a redirect needs to know about a link; the Location is always rebuilt from phone and message."""
+
+    id: int
+    account_id: int
+    phone: str
+    message: str | None
+    disabled: bool
+    deleted: bool
+    expires_at: float | None  # epoch seconds
+    max_clicks: int | None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> "CachedLink":
+        expires = row["expires_at"]
+        return cls(row["id"], row["account_id"], row["phone"], row["message"], row["disabled"], row["deleted"],
+                   expires.timestamp() if expires else None, row["max_clicks"])
+
+    def dumps(self) -> str:
+        return json.dumps([self.id, self.account_id, self.phone, self.message, self.disabled, self.deleted,
+                           self.expires_at, self.max_clicks], separators=(",", ":"))
+
+    @classmethod
+    def loads(cls, raw: str) -> "CachedLink":
+        return cls(*json.loads(raw))
+
+    def gone_reason(self, now: float | None = None) -> str | None:
+        """Why the link no longer redirects (410), or None while it is live."""
+        if self.deleted:
+            return "deleted"
+        if self.disabled:
+            return "disabled"
+        if self.expires_at is not None and self.expires_at <= (now or time.time()):
+            return "expired"
+        return None
+
+    @property
+    def expires_datetime(self) -> datetime | None:
+        return datetime.fromtimestamp(self.expires_at, timezone.utc) if self.expires_at else None
+
+
+class Keys:
+    """Every Redis key the service writes, under one prefix so that tests and tenants of a Redis stay apart."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def link(self, slug: str) -> str:
+        return f"{self.prefix}link:{slug}"
+
+    def limiter_prefix(self) -> str:
+        return f"{self.prefix}limits"
+
+
+class Cache:
+    """A Redis client that fails fast: short timeouts, no retries, and a breaker that skips Redis after a failure."""
+
+    def __init__(self, url: str, *, prefix: str, timeout_ms: int, breaker_seconds: float,
+                 link_ttl: int, not_found_ttl: int) -> None:
+        timeout = timeout_ms / 1000
+        self.client = redis.Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0),
+            health_check_interval=0, decode_responses=True,
+        )
+        self.keys = Keys(prefix)
+        self.breaker_seconds = breaker_seconds
+        self.link_ttl, self.not_found_ttl = link_ttl, not_found_ttl
+        self._open_until = 0.0
+        self._lock = threading.Lock()
+        self._pending_invalidations: set[str] = set()
+
+    # --- the breaker -------------------------------------------------------------------------------------
+    @property
+    def available(self) -> bool:
+        """False while the breaker is open (Redis failed within the last breaker_seconds)."""
+        return time.monotonic() >= self._open_until
+
+    def call(self, operation: Callable[[redis.Redis], T]) -> T:
+        """Run operation on the client; raise RedisDown at once while the breaker is open or when it fails."""
+        if not self.available:
+            raise RedisDown("breaker open")
+        try:
+            result = operation(self.client)
+        except redis.RedisError as exc:
+            self._trip(exc)
+            raise RedisDown(str(exc)) from exc
+        if self._pending_invalidations:
+            self._replay_invalidations()
+        return result
+
+    def _trip(self, exc: Exception) -> None:
+        if self.available:
+            log.warning("redis failed (%s); skipping it for %ss", type(exc).__name__, self.breaker_seconds)
+        self._open_until = time.monotonic() + self.breaker_seconds
+        self.client.connection_pool.reset()  # drop half-read connections of a hung server
+
+    # --- the link cache ----------------------------------------------------------------------------------
+    def get_link(self, slug: str) -> tuple[bool, CachedLink | None]:
+        """(hit, link): hit False means ask PostgreSQL; a hit with None is a cached unknown slug."""
+        raw = self.call(lambda r: r.get(self.keys.link(slug)))
+        return self.parse(raw)
+
+    @staticmethod
+    def parse(raw: str | None) -> tuple[bool, CachedLink | None]:
+        """Decode a cached link entry as get_link answers."""
+        if raw is None or raw == TOMBSTONE:
+            return False, None
+        if raw == NEGATIVE:
+            return True, None
+        return True, CachedLink.loads(raw)
+
+    def put_link(self, slug: str, link: CachedLink | None) -> None:
+        """Remember a resolved link (or that the slug is unknown), unless an edit's tombstone is there."""
+        if link is None:
+            value, ttl = NEGATIVE, self.not_found_ttl
+        else:
+            value, ttl = link.dumps(), self.link_ttl
+            if link.expires_at is not None:
+                ttl = max(1, min(ttl, int(link.expires_at - time.time()) + 1))
+        try:
+            self.call(lambda r: r.set(self.keys.link(slug), value, ex=ttl, nx=True))
+        except RedisDown:
+            pass  # the next request reads PostgreSQL again
+
+    def invalidate_link(self, slug: str) -> None:
+        """Make every worker's next redirect of slug read PostgreSQL (after an edit, disable or delete)."""
+        try:
+            self.call(lambda r: r.set(self.keys.link(slug), TOMBSTONE, ex=TOMBSTONE_SECONDS))
+        except RedisDown:
+            # Redis may come back holding the old entry: retry when it answers again.
+            with self._lock:
+                self._pending_invalidations.add(slug)
+
+    def _replay_invalidations(self) -> None:
+        with self._lock:
+            slugs, self._pending_invalidations = self._pending_invalidations, set()
+        try:
+            self.client.delete(*[self.keys.link(s) for s in slugs])
+        except redis.RedisError:
+            with self._lock:
+                self._pending_invalidations |= slugs
+
+    def ping(self) -> bool:
+        """PING, bypassing the breaker (for health checks)."""
+        return bool(self.client.ping())
+
+    def close(self) -> None:
+        self.client.close()

@@ -1,0 +1,65 @@
+"""Command-line tasks: migrate, rollback, api-key, revoke-key (run by the Makefile through `python -m service.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import psycopg
+
+from . import auth, localservices, migrations
+
+DATA_DIR = Path(__file__).resolve().parent.parent / ".data"
+
+
+def owner_url() -> str:
+    """DATABASE_URL, or the local/embedded database `make run` uses."""
+    if os.environ.get("DATABASE_URL"):
+        return os.environ["DATABASE_URL"]
+    server, _ = localservices.server_url(DATA_DIR)
+    localservices.create_database(server, "chatlink")
+    return localservices.with_database(server, "chatlink")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one task; exit status 0 on success, 1 with a message on stderr otherwise."""
+    parser = argparse.ArgumentParser(prog="python -m service.cli")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("migrate", help="apply pending migrations")
+    commands.add_parser("rollback", help="revert the latest migration")
+    key = commands.add_parser("api-key", help="create an API key (and the account if new)")
+    key.add_argument("account")
+    revoke = commands.add_parser("revoke-key", help="revoke an API key by its public id or full key")
+    revoke.add_argument("key_prefix")
+    args = parser.parse_args(argv)
+    try:
+        url = owner_url()
+        if args.command == "migrate":
+            applied = migrations.migrate(url)
+            print("applied: " + ", ".join(applied) if applied else "nothing to apply")
+        elif args.command == "rollback":
+            reverted = migrations.rollback(url)
+            print(f"reverted: {reverted}" if reverted else "nothing to revert")
+        elif args.command == "api-key":
+            migrations.migrate(url)
+            with psycopg.connect(url) as conn:
+                key_text = auth.issue_key(conn, args.account)
+            print(f"API key for account '{args.account}' (shown once; store it now):")
+            print(key_text)
+        elif args.command == "revoke-key":
+            public_id = args.key_prefix.removeprefix("clk_").split("_")[0]
+            with psycopg.connect(url) as conn:
+                if not auth.revoke_key(conn, public_id):
+                    print(f"no live key with public id '{public_id}'", file=sys.stderr)
+                    return 1
+            print(f"revoked key {public_id}")
+    except (migrations.MigrationError, localservices.ServiceUnavailable, psycopg.Error) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Settings read once from the environment and validated; a bad value stops start-up naming the variable."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, fields
+from typing import Callable, Mapping
+
+from limits import parse_many
+
+
+class ConfigError(ValueError):
+    """An environment variable holds a value the service cannot run with."""
+
+
+def _int(low: int, high: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        value = int(raw)
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}")
+        return value
+
+    return parse
+
+
+def _url(*schemes: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw and not re.match(rf"^({'|'.join(schemes)})://", raw):
+            raise ValueError(f"must be a URL starting with {' or '.join(s + '://' for s in schemes)}")
+        return raw
+
+    return parse
+
+
+def _rate(raw: str) -> str:
+    parse_many(raw)  # raises ValueError on a malformed limit such as "ten per minute"
+    return raw
+
+
+def _bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError("must be one of 1/0, true/false, yes/no, on/off")
+
+
+def _header_name(raw: str) -> str:
+    if raw and not re.fullmatch(r"[A-Za-z0-9-]+", raw):
+        raise ValueError("must be an HTTP header name such as CF-IPCountry")
+    return raw
+
+
+def _text(raw: str) -> str:
+    return raw
+
+
+def env(default: str, parse: Callable[[str], object] = _text, doc: str = ""):
+    """Declare a setting: its default (as the environment would spell it), parser and README line."""
+    return field(default=None, metadata={"default": default, "parse": parse, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the service; the names are the environment variables, lowercased."""
+
+    port: int = env("8000", _int(1, 65535), "Port gunicorn listens on.")
+    database_url: str = env("", _text, "PostgreSQL URL of the migrating/owner role; empty = local or embedded.")
+    app_database_url: str = env("", _text, "URL the service itself uses (a role without tables or BYPASSRLS); empty = DATABASE_URL with user chatlink_app.")
+    redis_url: str = env("", _text, "Redis URL; empty = local or embedded.")
+    base_url: str = env("", _url("http", "https"), "Public origin for short URLs; empty = http://127.0.0.1:$PORT.")
+    trusted_proxies: int = env("0", _int(0, 10), "How many proxies in front append to X-Forwarded-For.")
+    key_prefix: str = env("chatlink:", _text, "Prefix of every Redis key the service writes.")
+    redis_timeout_ms: int = env("100", _int(5, 5000), "Redis connect and read timeout.")
+    redis_breaker_seconds: int = env("5", _int(1, 300), "How long Redis is skipped after a failure.")
+    db_timeout_ms: int = env("2000", _int(50, 60000), "PostgreSQL connect and statement timeout.")
+    db_pool_size: int = env("4", _int(1, 100), "Connections per worker process.")
+    cache_ttl_seconds: int = env("3600", _int(1, 86400 * 30), "How long a resolved link stays cached.")
+    not_found_ttl_seconds: int = env("30", _int(1, 3600), "How long an unknown slug is remembered as unknown.")
+    rate_limit_api: str = env("600/minute", _rate, "Per API key, every API call.")
+    rate_limit_create: str = env("60/minute", _rate, "Per API key, POST /api/v1/links.")
+    rate_limit_redirect: str = env("1200/minute", _rate, "Per client IP, GET /<slug>.")
+    rate_limit_not_found: str = env("30/minute", _rate, "Per client IP, redirects answering 404.")
+    rate_limit_fallback: str = env("1200/minute", _rate, "Per client IP, in-process, while Redis is down.")
+    rate_limits_enabled: bool = env("1", _bool, "Turn rate limiting off (benchmarks) with 0.")
+    web_concurrency: int = env("4", _int(1, 64), "gunicorn worker processes.")
+    worker_threads: int = env("4", _int(1, 64), "Threads per gunicorn worker (gthread).")
+    gunicorn_timeout: int = env("30", _int(1, 3600), "Seconds before gunicorn restarts a stuck worker.")
+    access_log: bool = env("1", _bool, "Write gunicorn's access log (without client addresses).")
+    log_level: str = env("info", _text, "gunicorn/app log level.")
+
+    @property
+    def public_base_url(self) -> str:
+        """The origin short URLs are built on."""
+        return (self.base_url or f"http://127.0.0.1:{self.port}").rstrip("/")
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    """Read and validate every setting; raise ConfigError naming the first bad variable."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    for f in fields(Settings):
+        name = f.name.upper()
+        if f.name in overrides:
+            values[f.name] = overrides[f.name]
+            continue
+        raw = environ.get(name, f.metadata["default"]).strip()
+        try:
+            values[f.name] = f.metadata["parse"](raw)
+        except ValueError as exc:
+            raise ConfigError(f"invalid {name}={raw!r}: {exc}") from None
+    return Settings(**values)
+
+
+def documented_settings() -> list[tuple[str, str, str]]:
+    """(variable, default, description) for the README's configuration table."""
+    return [(f.name.upper(), f.metadata["default"], f.metadata["doc"]) for f in fields(Settings)]

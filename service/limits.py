@@ -1,0 +1,53 @@
+"""flask-limiter set-up: who a request counts against, Redis storage with an in-process fallback, exemptions."""
+
+from __future__ import annotations
+
+from flask import Flask, request
+from flask_limiter import Limiter
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from .auth import public_id_of
+from .config import Settings
+
+
+def client_ip() -> str:
+    """The client address; ProxyFix has already picked the X-Forwarded-For hop TRUSTED_PROXIES allows."""
+    return request.remote_addr or "unknown"
+
+
+def api_key_or_ip() -> str:
+    """API calls count against the key's public id; calls without a well-formed key against the address."""
+    public_id = public_id_of(request.headers.get("Authorization"))
+    return f"key:{public_id}" if public_id else f"ip:{client_ip()}"
+
+
+def init_app(app: Flask, settings: Settings, redis_url: str, key_prefix: str) -> Limiter:
+    """One limiter per app: Redis storage that fails fast and falls back to memory, limits per blueprint."""
+    timeout = settings.redis_timeout_ms / 1000
+    limiter = Limiter(
+        key_func=client_ip,
+        app=app,
+        enabled=settings.rate_limits_enabled,
+        strategy="fixed-window",
+        storage_uri=redis_url,
+        storage_options={"socket_timeout": timeout, "socket_connect_timeout": timeout,
+                         "retry": Retry(NoBackoff(), 0), "health_check_interval": 0},
+        in_memory_fallback_enabled=True,
+        in_memory_fallback=[settings.rate_limit_fallback],
+        key_prefix=key_prefix,
+        headers_enabled=True,
+        swallow_errors=True,
+    )
+    limiter.limit(settings.rate_limit_api, key_func=api_key_or_ip)(app.blueprints["links"])
+    create = "links.create_link"
+    app.view_functions[create] = limiter.limit(
+        settings.rate_limit_create, key_func=api_key_or_ip, scope="create", override_defaults=False,
+    )(app.view_functions[create])
+    redirect_bp = app.blueprints["redirect"]
+    limiter.limit(settings.rate_limit_redirect)(redirect_bp)
+    # Scanners probing for slugs: only 404 answers count, but once over the limit the address is refused.
+    limiter.limit(settings.rate_limit_not_found, scope="not-found",
+                  deduct_when=lambda response: response.status_code == 404)(redirect_bp)
+    limiter.exempt(app.blueprints["health"])
+    return limiter

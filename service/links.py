@@ -1,0 +1,193 @@
+"""The links API blueprint: create, read, list, edit and delete an account's short links."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from datetime import datetime
+
+from flask import Blueprint, Response, current_app, g, request
+from marshmallow import Schema, ValidationError
+
+from . import slugs
+from .auth import require_api_key
+from .db import query
+from .errors import ApiError, invalid
+from .jsonbody import read_json_object
+from .schemas import LinkCreate, LinkEdit, LinkListQuery
+from .whatsapp import wa_me_url
+
+bp = Blueprint("links", __name__, url_prefix="/api/v1")
+GENERATED_SLUG_ATTEMPTS = 8
+EDITABLE = ("phone", "message", "title", "tags", "expires_at", "max_clicks", "disabled")
+
+
+def _load(schema: Schema, data: dict) -> dict:
+    try:
+        return schema.load(data)
+    except ValidationError as exc:
+        errors = {field: msgs if isinstance(msgs, list) else [str(msgs)] for field, msgs in exc.messages.items()}
+        raise invalid(errors) from None
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def link_json(row: dict) -> dict:
+    """The API's representation of a link row."""
+    base = current_app.config["SETTINGS"].public_base_url
+    return {
+        "slug": row["slug"],
+        "short_url": f"{base}/{row['slug']}",
+        "target_url": wa_me_url(row["phone"], row["message"]),
+        "phone": row["phone"],
+        "message": row["message"],
+        "title": row["title"],
+        "tags": row["tags"],
+        "expires_at": _iso(row["expires_at"]),
+        "max_clicks": row["max_clicks"],
+        "disabled": row["disabled"],
+        "created_at": _iso(row["created_at"]),
+        "updated_at": _iso(row["updated_at"]),
+    }
+
+
+def _json_response(body: dict, status: int = 200) -> Response:
+    response = current_app.response_class(json.dumps(body, ensure_ascii=False), status=status,
+                                          mimetype="application/json")
+    if status == 201:
+        response.headers["Location"] = body["short_url"]
+    return response
+
+
+def _not_found(slug: str) -> ApiError:
+    return ApiError(404, "link-not-found", "Link not found", f"No link '{slug}' in this account.")
+
+
+def _insert(conn, data: dict) -> dict:
+    params = {"message": None, "title": None, "tags": [], "expires_at": None, "max_clicks": None, **data}
+    if "slug" in data:
+        row = query(conn, "insert_link", params).fetchone()
+        if row is None:
+            raise ApiError(409, "slug-taken", "Slug taken", f"The slug '{data['slug']}' is already in use.")
+        return row
+    for _ in range(GENERATED_SLUG_ATTEMPTS):
+        row = query(conn, "insert_link", {**params, "slug": slugs.generate()}).fetchone()
+        if row is not None:
+            return row
+    raise RuntimeError("could not find a free slug")  # 31^8 slugs: only reachable when nearly all are used
+
+
+def _request_hash(body: dict) -> bytes:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).digest()
+
+
+@bp.post("/links")
+@require_api_key
+def create_link() -> Response:
+    """Create a link. 201 with the link and Location; 400, 401, 409, 413, 415, 422, 429."""
+    body = read_json_object()
+    data = _load(LinkCreate(), body)
+    idempotency_key = request.headers.get("Idempotency-Key")
+    if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
+        raise invalid({"Idempotency-Key": ["Use 1 to 255 characters."]})
+    db = current_app.extensions["db"]
+    with db.transaction(g.account_id) as conn:
+        if idempotency_key is not None:
+            request_hash = _request_hash(body)
+            params = {"key": idempotency_key, "request_hash": request_hash}
+            # A concurrent request with the same key waits on this insert's row lock, then sees the result.
+            if query(conn, "claim_idempotency_key", params).fetchone() is None:
+                earlier = query(conn, "get_idempotency_key", params).fetchone()
+                if bytes(earlier["request_hash"]) != request_hash:
+                    raise ApiError(422, "idempotency-key-reused", "Idempotency-Key reused",
+                                   "This Idempotency-Key was used with a different body.")
+                return _json_response(earlier["body"], earlier["status"])
+        link = link_json(_insert(conn, data))
+        if idempotency_key is not None:
+            query(conn, "finish_idempotency_key",
+                  {"key": idempotency_key, "status": 201, "body": json.dumps(link)})
+    # A scan may have cached this slug as unknown before it existed.
+    current_app.extensions["cache"].invalidate_link(link["slug"])
+    return _json_response(link, 201)
+
+
+@bp.get("/links/<slug>")
+@require_api_key
+def get_link(slug: str) -> Response:
+    """One link of the account. 200; 401, 404."""
+    slug = slugs.normalize(slug)
+    with current_app.extensions["db"].transaction(g.account_id) as conn:
+        row = query(conn, "get_link", {"slug": slug}).fetchone()
+    if row is None:
+        raise _not_found(slug)
+    return _json_response(link_json(row))
+
+
+@bp.patch("/links/<slug>")
+@require_api_key
+def edit_link(slug: str) -> Response:
+    """Change any editable field. 200 with the link; 400, 401, 404, 413, 415, 422."""
+    slug = slugs.normalize(slug)
+    changes = _load(LinkEdit(), read_json_object())
+    with current_app.extensions["db"].transaction(g.account_id) as conn:
+        row = query(conn, "get_link_for_update", {"slug": slug}).fetchone()
+        if row is None:
+            raise _not_found(slug)
+        merged = {field: changes.get(field, row[field]) for field in EDITABLE}
+        row = query(conn, "update_link", {**merged, "slug": slug}).fetchone()
+    current_app.extensions["cache"].invalidate_link(slug)
+    return _json_response(link_json(row))
+
+
+@bp.delete("/links/<slug>")
+@require_api_key
+def delete_link(slug: str) -> Response:
+    """Delete a link; its redirect answers 410 from then on. 204; 401, 404."""
+    slug = slugs.normalize(slug)
+    with current_app.extensions["db"].transaction(g.account_id) as conn:
+        deleted = query(conn, "delete_link", {"slug": slug}).fetchone()
+    if deleted is None:
+        raise _not_found(slug)
+    current_app.extensions["cache"].invalidate_link(slug)
+    return Response(status=204)
+
+
+def _encode_cursor(row: dict) -> str:
+    return base64.urlsafe_b64encode(f"{row['created_at'].isoformat()}|{row['id']}".encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, int]:
+    try:
+        created, _, link_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
+        return datetime.fromisoformat(created), int(link_id)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise invalid({"cursor": ["Not a cursor this API returned."]}) from None
+
+
+def _like_pattern(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+@bp.get("/links")
+@require_api_key
+def list_links() -> Response:
+    """The account's links, newest first, with cursor pagination. 200; 401, 422."""
+    args = _load(LinkListQuery(), request.args.to_dict())
+    after_created, after_id = _decode_cursor(args["cursor"]) if args["cursor"] else (None, None)
+    params = {
+        "limit": args["limit"] + 1,  # one extra row tells whether another page follows
+        "tag": args["tag"],
+        "q": _like_pattern(args["q"]) if args["q"] else None,
+        "after_created": after_created,
+        "after_id": after_id,
+    }
+    with current_app.extensions["db"].transaction(g.account_id) as conn:
+        rows = query(conn, "list_links", params).fetchall()
+    page = rows[: args["limit"]]
+    next_cursor = _encode_cursor(page[-1]) if len(rows) > args["limit"] else None
+    return _json_response({"items": [link_json(r) for r in page], "next_cursor": next_cursor})

@@ -1,0 +1,116 @@
+"""marshmallow schemas for the API's input: unknown fields rejected, phone and message normalised on load."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates, validates_schema
+
+from . import slugs, whatsapp
+
+TAG_PATTERN = r"^[^\x00-\x1f\x7f]{1,50}$"
+
+
+class StrictBoolean(fields.Boolean):
+    """JSON true or false only: no 1, "yes" or "on"."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
+
+
+class LinkFields(Schema):
+    """Fields shared by create and edit."""
+
+    class Meta:
+        unknown = RAISE
+
+    phone = fields.String(validate=validate.Length(max=64))
+    default_region = fields.String(validate=validate.Length(equal=2))
+    message = fields.String(allow_none=True)
+    title = fields.String(allow_none=True, validate=[validate.Length(max=200), validate.Regexp(
+        r"^[^\x00-\x1f\x7f]*$", error="Control characters are not allowed.")])
+    tags = fields.List(fields.String(validate=validate.Regexp(TAG_PATTERN, error="Tags are 1-50 printable characters.")),
+                       validate=validate.Length(max=20))
+    expires_at = fields.AwareDateTime(allow_none=True)
+    max_clicks = fields.Integer(strict=True, allow_none=True, validate=validate.Range(min=1, max=2**62))
+
+    @validates("default_region")
+    def _region(self, value: str, **_) -> None:
+        if not whatsapp.is_region(value):
+            raise ValidationError("Not an ISO 3166 alpha-2 region code, e.g. BR, US, GB.")
+
+    @validates("message")
+    def _message(self, value: str | None, **_) -> None:
+        if value is not None:
+            _check(whatsapp.clean_message, value)
+
+    @validates("expires_at")
+    def _future(self, value: datetime | None, **_) -> None:
+        if value is not None and value <= datetime.now(timezone.utc):
+            raise ValidationError("Must be in the future.")
+
+    @validates_schema
+    def _phone(self, data: dict, **_) -> None:
+        if "default_region" in data and "phone" not in data:
+            raise ValidationError("Give phone with default_region.", "default_region")
+        if "phone" in data:
+            try:
+                whatsapp.normalize_phone(data["phone"], data.get("default_region"))
+            except whatsapp.InvalidPhone as exc:
+                raise ValidationError(str(exc), "phone") from None
+
+    @post_load
+    def _normalise(self, data: dict, **_) -> dict:
+        if "phone" in data:
+            data["phone"] = whatsapp.normalize_phone(data["phone"], data.pop("default_region", None))
+        if data.get("message") is not None:
+            data["message"] = whatsapp.clean_message(data["message"]) or None
+        if "tags" in data:
+            data["tags"] = sorted(set(data["tags"]))
+        return data
+
+
+def _check(clean, value: str) -> None:
+    try:
+        clean(value)
+    except ValueError as exc:
+        raise ValidationError(str(exc)) from None
+
+
+class LinkCreate(LinkFields):
+    """POST /api/v1/links."""
+
+    phone = fields.String(required=True, validate=validate.Length(max=64))
+    slug = fields.String()
+
+    @validates("slug")
+    def _slug(self, value: str, **_) -> None:
+        problem = slugs.problem_with(value)
+        if problem:
+            raise ValidationError(problem)
+
+    @post_load
+    def _lowercase_slug(self, data: dict, **_) -> dict:
+        if "slug" in data:
+            data["slug"] = slugs.normalize(data["slug"])
+        return data
+
+
+class LinkEdit(LinkFields):
+    """PATCH /api/v1/links/<slug>: any subset of the editable fields."""
+
+    disabled = StrictBoolean()
+
+
+class LinkListQuery(Schema):
+    """GET /api/v1/links query string."""
+
+    class Meta:
+        unknown = RAISE
+
+    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
+    cursor = fields.String(load_default=None)
+    tag = fields.String(load_default=None, validate=validate.Length(max=50))
+    q = fields.String(load_default=None, validate=validate.Length(max=200))

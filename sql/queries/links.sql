@@ -1,0 +1,64 @@
+-- name: resolve_link
+-- One link by slug for the public redirect, across accounts, through the SECURITY DEFINER narrow path.
+select id, account_id, phone, message, disabled, deleted, expires_at, max_clicks
+  from resolve_link(%(slug)s);
+
+-- name: insert_link
+-- Create a link for the transaction's account; returns nothing when the slug is taken.
+insert into links (account_id, slug, phone, message, title, tags, expires_at, max_clicks)
+values (current_account_id(), %(slug)s, %(phone)s, %(message)s, %(title)s, %(tags)s, %(expires_at)s, %(max_clicks)s)
+on conflict (slug) do nothing
+returning slug, phone, message, title, tags, expires_at, max_clicks, disabled, created_at, updated_at;
+
+-- name: get_link
+-- One live link of the transaction's account.
+select slug, phone, message, title, tags, expires_at, max_clicks, disabled, created_at, updated_at
+  from links
+ where slug = %(slug)s and deleted_at is null;
+
+-- name: get_link_for_update
+-- One live link of the transaction's account, locked for an edit.
+select slug, phone, message, title, tags, expires_at, max_clicks, disabled, created_at, updated_at
+  from links
+ where slug = %(slug)s and deleted_at is null
+   for update;
+
+-- name: update_link
+-- Replace a link's editable fields.
+update links
+   set phone = %(phone)s, message = %(message)s, title = %(title)s, tags = %(tags)s,
+       expires_at = %(expires_at)s, max_clicks = %(max_clicks)s, disabled = %(disabled)s, updated_at = now()
+ where slug = %(slug)s and deleted_at is null
+returning slug, phone, message, title, tags, expires_at, max_clicks, disabled, created_at, updated_at;
+
+-- name: delete_link
+-- Soft-delete a link: its slug stays taken and its redirect answers 410.
+update links set deleted_at = now(), updated_at = now()
+ where slug = %(slug)s and deleted_at is null
+returning slug;
+
+-- name: list_links
+-- A page of the account's live links, newest first, after the cursor, optionally by tag and text.
+select slug, phone, message, title, tags, expires_at, max_clicks, disabled, created_at, updated_at, id
+  from links
+ where deleted_at is null
+   and (%(tag)s::text is null or tags @> array[%(tag)s::text])
+   and (%(q)s::text is null or slug ilike %(q)s or title ilike %(q)s or message ilike %(q)s)
+   and (%(after_created)s::timestamptz is null or (created_at, id) < (%(after_created)s, %(after_id)s::bigint))
+ order by created_at desc, id desc
+ limit %(limit)s;
+
+-- name: claim_idempotency_key
+-- Reserve an Idempotency-Key for this account; returns nothing when it was used before.
+insert into idempotency_keys (account_id, key, request_hash)
+values (current_account_id(), %(key)s, %(request_hash)s)
+on conflict (account_id, key) do nothing
+returning key;
+
+-- name: get_idempotency_key
+-- The stored request hash and response of a used Idempotency-Key.
+select request_hash, status, body from idempotency_keys where key = %(key)s;
+
+-- name: finish_idempotency_key
+-- Store the response a claimed Idempotency-Key answered with.
+update idempotency_keys set status = %(status)s, body = %(body)s where key = %(key)s;
