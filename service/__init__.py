@@ -20,18 +20,33 @@ def create_app(settings: Settings | None = None) -> Flask:
     if not settings.database_url or not settings.redis_url:
         raise RuntimeError("DATABASE_URL and REDIS_URL must be set (make run finds or starts them)")
     app = Flask(__name__)
-    app.config.update(SETTINGS=settings, MAX_CONTENT_LENGTH=MAX_BODY_BYTES, JSON_SORT_KEYS=False,
-                      APP_DATABASE_URL=app_conninfo(settings.database_url, settings.app_database_url))
+    app.config.update(
+        SETTINGS=settings,
+        MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
+        JSON_SORT_KEYS=False,
+        APP_DATABASE_URL=app_conninfo(settings.database_url, settings.app_database_url),
+    )
     if settings.trusted_proxies:
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies, x_proto=settings.trusted_proxies,
-                                x_host=0, x_port=0, x_prefix=0)
+        app.wsgi_app = ProxyFix(
+            app.wsgi_app,
+            x_for=settings.trusted_proxies,
+            x_proto=settings.trusted_proxies,
+            x_host=0,
+            x_port=0,
+            x_prefix=0,
+        )
     logging.getLogger("service").setLevel(settings.log_level.upper())
 
     db = Database(app.config["APP_DATABASE_URL"], size=settings.db_pool_size, timeout_ms=settings.db_timeout_ms)
     db.open()
-    cache = Cache(settings.redis_url, prefix=settings.key_prefix, timeout_ms=settings.redis_timeout_ms,
-                  breaker_seconds=settings.redis_breaker_seconds, link_ttl=settings.cache_ttl_seconds,
-                  not_found_ttl=settings.not_found_ttl_seconds)
+    cache = Cache(
+        settings.redis_url,
+        prefix=settings.key_prefix,
+        timeout_ms=settings.redis_timeout_ms,
+        breaker_seconds=settings.redis_breaker_seconds,
+        link_ttl=settings.cache_ttl_seconds,
+        not_found_ttl=settings.not_found_ttl_seconds,
+    )
     app.extensions.update(db=db, cache=cache)
 
     from . import health, links, redirect
@@ -40,6 +55,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(links.bp)
     app.register_blueprint(redirect.bp)  # last: /<slug> must not shadow the fixed paths
     errors.init_app(app)
-    app.extensions["chatlink_limiter"] = limits.init_app(app, settings, settings.redis_url,
-                                                         cache.keys.limiter_prefix())
+    app.extensions["chatlink_limiter"] = limits.init_app(app, settings, settings.redis_url, cache.keys.limiter_prefix())
     return app

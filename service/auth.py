@@ -7,7 +7,7 @@ import hashlib
 import hmac
 import re
 import secrets
-from typing import Callable
+from collections.abc import Callable
 
 import psycopg
 from flask import current_app, g, request

@@ -1,14 +1,16 @@
-"""The Redis client (short timeouts, circuit breaker), every key builder, and the link cache: get, put, invalidate."""
+"""The Redis client (short timeouts, circuit breaker), every key builder, the link cache (read, fill, write-through)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Callable, TypeVar
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 import redis
 from redis.backoff import NoBackoff
@@ -18,10 +20,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 NEGATIVE = ""  # cached answer for a slug PostgreSQL does not know
-# Written by an edit for a moment so that a read that began before the edit cannot refill the old value
-# (fills use SET NX): the next redirects read PostgreSQL until it expires.
-TOMBSTONE = "~"
-TOMBSTONE_SECONDS = 2
 
 
 class RedisDown(Exception):
@@ -42,17 +40,36 @@ class CachedLink:
     max_clicks: int | None
 
     @classmethod
-    def from_row(cls, row: dict[str, Any]) -> "CachedLink":
+    def from_row(cls, row: dict[str, Any], deleted: bool | None = None) -> CachedLink:
         expires = row["expires_at"]
-        return cls(row["id"], row["account_id"], row["phone"], row["message"], row["disabled"], row["deleted"],
-                   expires.timestamp() if expires else None, row["max_clicks"])
+        return cls(
+            row["id"],
+            row["account_id"],
+            row["phone"],
+            row["message"],
+            row["disabled"],
+            row["deleted"] if deleted is None else deleted,
+            expires.timestamp() if expires else None,
+            row["max_clicks"],
+        )
 
     def dumps(self) -> str:
-        return json.dumps([self.id, self.account_id, self.phone, self.message, self.disabled, self.deleted,
-                           self.expires_at, self.max_clicks], separators=(",", ":"))
+        return json.dumps(
+            [
+                self.id,
+                self.account_id,
+                self.phone,
+                self.message,
+                self.disabled,
+                self.deleted,
+                self.expires_at,
+                self.max_clicks,
+            ],
+            separators=(",", ":"),
+        )
 
     @classmethod
-    def loads(cls, raw: str) -> "CachedLink":
+    def loads(cls, raw: str) -> CachedLink:
         return cls(*json.loads(raw))
 
     def gone_reason(self, now: float | None = None) -> str | None:
@@ -67,7 +84,7 @@ class CachedLink:
 
     @property
     def expires_datetime(self) -> datetime | None:
-        return datetime.fromtimestamp(self.expires_at, timezone.utc) if self.expires_at else None
+        return datetime.fromtimestamp(self.expires_at, UTC) if self.expires_at else None
 
 
 class Keys:
@@ -86,12 +103,17 @@ class Keys:
 class Cache:
     """A Redis client that fails fast: short timeouts, no retries, and a breaker that skips Redis after a failure."""
 
-    def __init__(self, url: str, *, prefix: str, timeout_ms: int, breaker_seconds: float,
-                 link_ttl: int, not_found_ttl: int) -> None:
+    def __init__(
+        self, url: str, *, prefix: str, timeout_ms: int, breaker_seconds: float, link_ttl: int, not_found_ttl: int
+    ) -> None:
         timeout = timeout_ms / 1000
         self.client = redis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0),
-            health_check_interval=0, decode_responses=True,
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=0,
+            decode_responses=True,
         )
         self.keys = Keys(prefix)
         self.breaker_seconds = breaker_seconds
@@ -134,29 +156,31 @@ class Cache:
     @staticmethod
     def parse(raw: str | None) -> tuple[bool, CachedLink | None]:
         """Decode a cached link entry as get_link answers."""
-        if raw is None or raw == TOMBSTONE:
+        if raw is None:
             return False, None
         if raw == NEGATIVE:
             return True, None
         return True, CachedLink.loads(raw)
 
-    def put_link(self, slug: str, link: CachedLink | None) -> None:
-        """Remember a resolved link (or that the slug is unknown), unless an edit's tombstone is there."""
+    def _entry(self, link: CachedLink | None) -> tuple[str, int]:
         if link is None:
-            value, ttl = NEGATIVE, self.not_found_ttl
-        else:
-            value, ttl = link.dumps(), self.link_ttl
-            if link.expires_at is not None:
-                ttl = max(1, min(ttl, int(link.expires_at - time.time()) + 1))
-        try:
-            self.call(lambda r: r.set(self.keys.link(slug), value, ex=ttl, nx=True))
-        except RedisDown:
-            pass  # the next request reads PostgreSQL again
+            return NEGATIVE, self.not_found_ttl
+        ttl = self.link_ttl
+        if link.expires_at is not None:
+            ttl = max(1, min(ttl, int(link.expires_at - time.time()) + 1))
+        return link.dumps(), ttl
 
-    def invalidate_link(self, slug: str) -> None:
-        """Make every worker's next redirect of slug read PostgreSQL (after an edit, disable or delete)."""
+    def put_link(self, slug: str, link: CachedLink | None) -> None:
+        """Fill the cache after a miss. NX: a fill from a read that raced an edit never replaces the edit's entry."""
+        value, ttl = self._entry(link)
+        with contextlib.suppress(RedisDown):  # without Redis the next request reads PostgreSQL again
+            self.call(lambda r: r.set(self.keys.link(slug), value, ex=ttl, nx=True))
+
+    def store_link(self, slug: str, link: CachedLink) -> None:
+        """Write-through after a committed create, edit or delete: every worker's next redirect sees it."""
+        value, ttl = self._entry(link)
         try:
-            self.call(lambda r: r.set(self.keys.link(slug), TOMBSTONE, ex=TOMBSTONE_SECONDS))
+            self.call(lambda r: r.set(self.keys.link(slug), value, ex=ttl))
         except RedisDown:
             # Redis may come back holding the old entry: retry when it answers again.
             with self._lock:

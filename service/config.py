@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Callable, Mapping
 
 from limits import parse_many
 
@@ -68,7 +68,11 @@ class Settings:
 
     port: int = env("8000", _int(1, 65535), "Port gunicorn listens on.")
     database_url: str = env("", _text, "PostgreSQL URL of the migrating/owner role; empty = local or embedded.")
-    app_database_url: str = env("", _text, "URL the service itself uses (a role without tables or BYPASSRLS); empty = DATABASE_URL with user chatlink_app.")
+    app_database_url: str = env(
+        "",
+        _text,
+        "URL the service runs with (no tables, no BYPASSRLS); empty = DATABASE_URL as user chatlink_app.",
+    )
     redis_url: str = env("", _text, "Redis URL; empty = local or embedded.")
     base_url: str = env("", _url("http", "https"), "Public origin for short URLs; empty = http://127.0.0.1:$PORT.")
     trusted_proxies: int = env("0", _int(0, 10), "How many proxies in front append to X-Forwarded-For.")

@@ -1,11 +1,12 @@
-"""The PostgreSQL pool, transactions that carry the account for row-level security, and the named queries in sql/queries."""
+"""The PostgreSQL pool, transactions carrying the account for row-level security, named queries from sql/."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import psycopg
 import psycopg_pool

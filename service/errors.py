@@ -30,8 +30,9 @@ def invalid(errors: dict[str, list[str]], detail: str = "Some fields are invalid
     return ApiError(422, "invalid-data", "Invalid data", detail, errors=errors)
 
 
-def problem(status: int, type: str, title: str, detail: str | None = None, headers: dict | None = None,
-            **extra: object) -> Response:
+def problem(
+    status: int, type: str, title: str, detail: str | None = None, headers: dict | None = None, **extra: object
+) -> Response:
     """A problem+json response."""
     body = {"type": f"/problems/{type}", "title": title, "status": status}
     if detail:
@@ -50,8 +51,13 @@ def wants_json() -> bool:
 
 def _http_type(status: int) -> str:
     return {
-        400: "bad-request", 401: "unauthorized", 403: "forbidden", 404: "not-found",
-        405: "method-not-allowed", 413: "body-too-large", 415: "unsupported-media-type",
+        400: "bad-request",
+        401: "unauthorized",
+        403: "forbidden",
+        404: "not-found",
+        405: "method-not-allowed",
+        413: "body-too-large",
+        415: "unsupported-media-type",
     }.get(status, f"http-{status}")
 
 
@@ -76,9 +82,13 @@ def init_app(app: Flask) -> None:
 
     def _database_down(exc: Exception) -> Response:
         log.warning("database unavailable: %s", type(exc).__name__)
-        return problem(503, "dependency-unavailable", "Service temporarily unavailable",
-                       "The database is not answering; retry shortly.",
-                       headers={"Retry-After": RETRY_AFTER_UNAVAILABLE})
+        return problem(
+            503,
+            "dependency-unavailable",
+            "Service temporarily unavailable",
+            "The database is not answering; retry shortly.",
+            headers={"Retry-After": RETRY_AFTER_UNAVAILABLE},
+        )
 
     for error_class in UNAVAILABLE_ERRORS:
         app.register_error_handler(error_class, _database_down)
@@ -86,8 +96,13 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(redis.RedisError)
     def _cache_down(exc: Exception) -> Response:
         log.warning("redis unavailable: %s", type(exc).__name__)
-        return problem(503, "dependency-unavailable", "Service temporarily unavailable",
-                       "The cache is not answering; retry shortly.", headers={"Retry-After": RETRY_AFTER_UNAVAILABLE})
+        return problem(
+            503,
+            "dependency-unavailable",
+            "Service temporarily unavailable",
+            "The cache is not answering; retry shortly.",
+            headers={"Retry-After": RETRY_AFTER_UNAVAILABLE},
+        )
 
     @app.after_request
     def _retry_after_only_when_refused(response: Response) -> Response:

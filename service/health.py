@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import time
-from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
-from typing import Callable
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 
 import psycopg
 from flask import Blueprint, Response, current_app
@@ -51,13 +52,21 @@ def health() -> Response:
     redis_ok = _timed(current_app.extensions["cache"].ping)
     checks = {}
     for name, (ok, latency, error) in (("postgresql:connection", postgres), ("redis:connection", redis_ok)):
-        entry = {"componentType": "datastore", "observedValue": latency, "observedUnit": "ms",
-                 "status": "pass" if ok else ("fail" if name.startswith("postgresql") else "warn"),
-                 "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        entry = {
+            "componentType": "datastore",
+            "observedValue": latency,
+            "observedUnit": "ms",
+            "status": "pass" if ok else ("fail" if name.startswith("postgresql") else "warn"),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
         if error:
             entry["output"] = error
         checks[name] = [entry]
     status = "fail" if not postgres[0] else ("warn" if not redis_ok[0] else "pass")
     body = {"status": status, "checks": checks}
-    return Response(json.dumps(body), status=503 if status == "fail" else 200, mimetype="application/health+json",
-                    headers={"Cache-Control": "no-store"})
+    return Response(
+        json.dumps(body),
+        status=503 if status == "fail" else 200,
+        mimetype="application/health+json",
+        headers={"Cache-Control": "no-store"},
+    )

@@ -28,7 +28,9 @@ def read_json_object() -> dict:
     """The request body as a JSON object; 415, 413 or 400 problems for anything else."""
     mimetype = request.mimetype
     if not (mimetype == "application/json" or mimetype.endswith("+json")):
-        raise ApiError(415, "unsupported-media-type", "Unsupported media type", "Send 'Content-Type: application/json'.")
+        raise ApiError(
+            415, "unsupported-media-type", "Unsupported media type", "Send 'Content-Type: application/json'."
+        )
     raw = request.get_data(cache=True)  # werkzeug raises 413 past MAX_CONTENT_LENGTH
     try:
         body = json.loads(raw)

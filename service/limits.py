@@ -31,8 +31,12 @@ def init_app(app: Flask, settings: Settings, redis_url: str, key_prefix: str) ->
         enabled=settings.rate_limits_enabled,
         strategy="fixed-window",
         storage_uri=redis_url,
-        storage_options={"socket_timeout": timeout, "socket_connect_timeout": timeout,
-                         "retry": Retry(NoBackoff(), 0), "health_check_interval": 0},
+        storage_options={
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            "retry": Retry(NoBackoff(), 0),
+            "health_check_interval": 0,
+        },
         in_memory_fallback_enabled=True,
         in_memory_fallback=[settings.rate_limit_fallback],
         key_prefix=key_prefix,
@@ -42,12 +46,16 @@ def init_app(app: Flask, settings: Settings, redis_url: str, key_prefix: str) ->
     limiter.limit(settings.rate_limit_api, key_func=api_key_or_ip)(app.blueprints["links"])
     create = "links.create_link"
     app.view_functions[create] = limiter.limit(
-        settings.rate_limit_create, key_func=api_key_or_ip, scope="create", override_defaults=False,
+        settings.rate_limit_create,
+        key_func=api_key_or_ip,
+        scope="create",
+        override_defaults=False,
     )(app.view_functions[create])
     redirect_bp = app.blueprints["redirect"]
     limiter.limit(settings.rate_limit_redirect)(redirect_bp)
     # Scanners probing for slugs: only 404 answers count, but once over the limit the address is refused.
-    limiter.limit(settings.rate_limit_not_found, scope="not-found",
-                  deduct_when=lambda response: response.status_code == 404)(redirect_bp)
+    limiter.limit(
+        settings.rate_limit_not_found, scope="not-found", deduct_when=lambda response: response.status_code == 404
+    )(redirect_bp)
     limiter.exempt(app.blueprints["health"])
     return limiter

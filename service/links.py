@@ -13,6 +13,7 @@ from marshmallow import Schema, ValidationError
 
 from . import slugs
 from .auth import require_api_key
+from .cache import CachedLink
 from .db import query
 from .errors import ApiError, invalid
 from .jsonbody import read_json_object
@@ -56,8 +57,9 @@ def link_json(row: dict) -> dict:
 
 
 def _json_response(body: dict, status: int = 200) -> Response:
-    response = current_app.response_class(json.dumps(body, ensure_ascii=False), status=status,
-                                          mimetype="application/json")
+    response = current_app.response_class(
+        json.dumps(body, ensure_ascii=False), status=status, mimetype="application/json"
+    )
     if status == 201:
         response.headers["Location"] = body["short_url"]
     return response
@@ -79,6 +81,10 @@ def _insert(conn, data: dict) -> dict:
         if row is not None:
             return row
     raise RuntimeError("could not find a free slug")  # 31^8 slugs: only reachable when nearly all are used
+
+
+def _write_through(row: dict, deleted: bool = False) -> None:
+    current_app.extensions["cache"].store_link(row["slug"], CachedLink.from_row(row, deleted=deleted))
 
 
 def _request_hash(body: dict) -> bytes:
@@ -103,15 +109,18 @@ def create_link() -> Response:
             if query(conn, "claim_idempotency_key", params).fetchone() is None:
                 earlier = query(conn, "get_idempotency_key", params).fetchone()
                 if bytes(earlier["request_hash"]) != request_hash:
-                    raise ApiError(422, "idempotency-key-reused", "Idempotency-Key reused",
-                                   "This Idempotency-Key was used with a different body.")
+                    raise ApiError(
+                        422,
+                        "idempotency-key-reused",
+                        "Idempotency-Key reused",
+                        "This Idempotency-Key was used with a different body.",
+                    )
                 return _json_response(earlier["body"], earlier["status"])
-        link = link_json(_insert(conn, data))
+        row = _insert(conn, data)
+        link = link_json(row)
         if idempotency_key is not None:
-            query(conn, "finish_idempotency_key",
-                  {"key": idempotency_key, "status": 201, "body": json.dumps(link)})
-    # A scan may have cached this slug as unknown before it existed.
-    current_app.extensions["cache"].invalidate_link(link["slug"])
+            query(conn, "finish_idempotency_key", {"key": idempotency_key, "status": 201, "body": json.dumps(link)})
+    _write_through(row)  # a scan may have cached this slug as unknown before it existed
     return _json_response(link, 201)
 
 
@@ -139,7 +148,7 @@ def edit_link(slug: str) -> Response:
             raise _not_found(slug)
         merged = {field: changes.get(field, row[field]) for field in EDITABLE}
         row = query(conn, "update_link", {**merged, "slug": slug}).fetchone()
-    current_app.extensions["cache"].invalidate_link(slug)
+    _write_through(row)
     return _json_response(link_json(row))
 
 
@@ -152,7 +161,7 @@ def delete_link(slug: str) -> Response:
         deleted = query(conn, "delete_link", {"slug": slug}).fetchone()
     if deleted is None:
         raise _not_found(slug)
-    current_app.extensions["cache"].invalidate_link(slug)
+    _write_through(deleted, deleted=True)
     return Response(status=204)
 
 

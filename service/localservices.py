@@ -1,4 +1,4 @@
-"""Find PostgreSQL and Redis for `make run` and the tests: the configured URL, the local default port, or a private embedded server."""
+"""Find PostgreSQL and Redis for `make run` and tests: configured URL, local default port, or an embedded server."""
 
 from __future__ import annotations
 
@@ -99,9 +99,25 @@ def redis_url(data_dir: Path) -> tuple[str, str]:
     redis_dir = data_dir / "redis"
     redis_dir.mkdir(parents=True, exist_ok=True)
     process = subprocess.Popen(
-        [binary, "--bind", "127.0.0.1", "--port", str(EMBEDDED_REDIS_PORT), "--dir", str(redis_dir),
-         "--save", "60 1", "--appendonly", "yes", "--appendfsync", "everysec", "--daemonize", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            binary,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(EMBEDDED_REDIS_PORT),
+            "--dir",
+            str(redis_dir),
+            "--save",
+            "60 1",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--daemonize",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     atexit.register(_stop, process, os.getpid())
     deadline = time.monotonic() + 10

@@ -65,13 +65,18 @@ def _gone(reason: str) -> Response:
     if wants_json():
         response = problem(410, "link-gone", "Link no longer available", detail)
     else:
-        response = current_app.response_class(render_template("gone.html", detail=detail), status=410,
-                                              mimetype="text/html")
+        response = current_app.response_class(
+            render_template("gone.html", detail=detail), status=410, mimetype="text/html"
+        )
     response.headers.update(NO_STORE)
     return response
 
 
 def _unavailable() -> Response:
-    return problem(503, "dependency-unavailable", "Service temporarily unavailable",
-                   "This link cannot be resolved right now; retry shortly.",
-                   headers={"Retry-After": RETRY_AFTER_UNAVAILABLE, **NO_STORE})
+    return problem(
+        503,
+        "dependency-unavailable",
+        "Service temporarily unavailable",
+        "This link cannot be resolved right now; retry shortly.",
+        headers={"Retry-After": RETRY_AFTER_UNAVAILABLE, **NO_STORE},
+    )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates, validates_schema
 
@@ -29,10 +29,17 @@ class LinkFields(Schema):
     phone = fields.String(validate=validate.Length(max=64))
     default_region = fields.String(validate=validate.Length(equal=2))
     message = fields.String(allow_none=True)
-    title = fields.String(allow_none=True, validate=[validate.Length(max=200), validate.Regexp(
-        r"^[^\x00-\x1f\x7f]*$", error="Control characters are not allowed.")])
-    tags = fields.List(fields.String(validate=validate.Regexp(TAG_PATTERN, error="Tags are 1-50 printable characters.")),
-                       validate=validate.Length(max=20))
+    title = fields.String(
+        allow_none=True,
+        validate=[
+            validate.Length(max=200),
+            validate.Regexp(r"^[^\x00-\x1f\x7f]*$", error="Control characters are not allowed."),
+        ],
+    )
+    tags = fields.List(
+        fields.String(validate=validate.Regexp(TAG_PATTERN, error="Tags are 1-50 printable characters.")),
+        validate=validate.Length(max=20),
+    )
     expires_at = fields.AwareDateTime(allow_none=True)
     max_clicks = fields.Integer(strict=True, allow_none=True, validate=validate.Range(min=1, max=2**62))
 
@@ -48,7 +55,7 @@ class LinkFields(Schema):
 
     @validates("expires_at")
     def _future(self, value: datetime | None, **_) -> None:
-        if value is not None and value <= datetime.now(timezone.utc):
+        if value is not None and value <= datetime.now(UTC):
             raise ValidationError("Must be in the future.")
 
     @validates_schema

@@ -9,10 +9,29 @@ import secrets
 ALPHABET = "23456789abcdefghjkmnpqrstuvwxyz"
 GENERATED_LENGTH = 8
 SLUG_PATTERN = re.compile(r"^[a-z0-9_-]{3,64}$")
-RESERVED = frozenset({
-    "api", "health", "livez", "readyz", "healthz", "metrics", "static", "openapi.json", "docs", "admin",
-    "login", "logout", "favicon.ico", "robots.txt", "sitemap.xml", ".well-known", "assets", "www", "app",
-})
+RESERVED = frozenset(
+    {
+        "api",
+        "health",
+        "livez",
+        "readyz",
+        "healthz",
+        "metrics",
+        "static",
+        "openapi.json",
+        "docs",
+        "admin",
+        "login",
+        "logout",
+        "favicon.ico",
+        "robots.txt",
+        "sitemap.xml",
+        ".well-known",
+        "assets",
+        "www",
+        "app",
+    }
+)
 
 
 def generate() -> str:

@@ -8,7 +8,7 @@ select id, account_id, phone, message, disabled, deleted, expires_at, max_clicks
 insert into links (account_id, slug, phone, message, title, tags, expires_at, max_clicks)
 values (current_account_id(), %(slug)s, %(phone)s, %(message)s, %(title)s, %(tags)s, %(expires_at)s, %(max_clicks)s)
 on conflict (slug) do nothing
-returning slug, phone, message, title, tags, expires_at, max_clicks, disabled, created_at, updated_at;
+returning id, account_id, slug, phone, message, title, tags, expires_at, max_clicks, disabled, created_at, updated_at;
 
 -- name: get_link
 -- One live link of the transaction's account.
@@ -29,13 +29,13 @@ update links
    set phone = %(phone)s, message = %(message)s, title = %(title)s, tags = %(tags)s,
        expires_at = %(expires_at)s, max_clicks = %(max_clicks)s, disabled = %(disabled)s, updated_at = now()
  where slug = %(slug)s and deleted_at is null
-returning slug, phone, message, title, tags, expires_at, max_clicks, disabled, created_at, updated_at;
+returning id, account_id, slug, phone, message, title, tags, expires_at, max_clicks, disabled, created_at, updated_at;
 
 -- name: delete_link
 -- Soft-delete a link: its slug stays taken and its redirect answers 410.
 update links set deleted_at = now(), updated_at = now()
  where slug = %(slug)s and deleted_at is null
-returning slug;
+returning id, account_id, slug, phone, message, title, tags, expires_at, max_clicks, disabled, created_at, updated_at;
 
 -- name: list_links
 -- A page of the account's live links, newest first, after the cursor, optionally by tag and text.

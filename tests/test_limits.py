@@ -1,0 +1,66 @@
+"""Rate limits: per API key on the API, stricter on creation, per client IP on redirects and on 404 scans."""
+
+
+def test_link_creation_is_limited_per_key_with_retry_after(make_app, settings, auth, new_api_key):
+    client = make_app(settings, rate_limit_create="2/minute").test_client()
+    body = {"phone": "+14155552671"}
+    statuses = [client.post("/api/v1/links", headers=auth, json=body).status_code for _ in range(3)]
+    assert statuses == [201, 201, 429]
+    refused = client.post("/api/v1/links", headers=auth, json=body)
+    assert refused.mimetype == "application/problem+json" and int(refused.headers["Retry-After"]) > 0
+    assert refused.get_json()["type"] == "/problems/rate-limited"
+    other_key = {"Authorization": f"Bearer {new_api_key()}"}
+    assert client.post("/api/v1/links", headers=other_key, json=body).status_code == 201
+
+
+def test_api_calls_are_limited_per_key(make_app, settings, auth):
+    client = make_app(settings, rate_limit_api="3/minute").test_client()
+    assert [client.get("/api/v1/links", headers=auth).status_code for _ in range(4)] == [200, 200, 200, 429]
+
+
+def test_redirects_are_limited_per_client_ip(make_app, settings, make_link):
+    link = make_link()
+    client = make_app(settings, rate_limit_redirect="2/minute").test_client()
+    ip_a, ip_b = {"REMOTE_ADDR": "198.51.100.1"}, {"REMOTE_ADDR": "198.51.100.2"}
+    assert [client.get(f"/{link['slug']}", environ_base=ip_a).status_code for _ in range(3)] == [302, 302, 429]
+    assert client.get(f"/{link['slug']}", environ_base=ip_b).status_code == 302
+
+
+def test_slug_scanning_is_stopped_by_the_404_limit(make_app, settings, make_link):
+    link = make_link()
+    client = make_app(settings, rate_limit_not_found="3/minute").test_client()
+    scanner = {"REMOTE_ADDR": "203.0.113.9"}
+    statuses = [client.get(f"/scan-{i}", environ_base=scanner).status_code for i in range(5)]
+    assert statuses == [404, 404, 404, 429, 429]
+    assert client.get(f"/{link['slug']}", environ_base={"REMOTE_ADDR": "203.0.113.10"}).status_code == 302
+
+
+def test_successful_redirects_do_not_count_towards_the_404_limit(make_app, settings, make_link):
+    link = make_link()
+    client = make_app(settings, rate_limit_not_found="2/minute").test_client()
+    assert {client.get(f"/{link['slug']}").status_code for _ in range(5)} == {302}
+
+
+def test_spoofed_forwarded_for_does_not_escape_the_limit_without_trusted_proxies(make_app, settings, make_link):
+    link = make_link()
+    client = make_app(settings, rate_limit_redirect="2/minute").test_client()
+    statuses = [
+        client.get(f"/{link['slug']}", headers={"X-Forwarded-For": f"10.0.0.{i}"}).status_code for i in range(3)
+    ]
+    assert statuses == [302, 302, 429]
+
+
+def test_with_one_trusted_proxy_only_the_hop_it_appended_counts(make_app, settings, make_link):
+    link = make_link()
+    client = make_app(settings, rate_limit_redirect="2/minute", trusted_proxies=1).test_client()
+    proxy = {"REMOTE_ADDR": "10.1.1.1"}
+    # The client forges earlier hops; the proxy appends the real address last.
+    statuses = [
+        client.get(
+            f"/{link['slug']}", environ_base=proxy, headers={"X-Forwarded-For": f"1.2.3.{i}, 192.0.2.50"}
+        ).status_code
+        for i in range(3)
+    ]
+    assert statuses == [302, 302, 429]
+    other = client.get(f"/{link['slug']}", environ_base=proxy, headers={"X-Forwarded-For": "192.0.2.51"})
+    assert other.status_code == 302

@@ -1,0 +1,113 @@
+"""GET /<slug>: 302 to wa.me from the stored digits and message, 404/410 answers, and the Redis cache in front."""
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from service.cache import CachedLink
+
+
+def test_redirect_answers_302_to_wa_me_with_the_encoded_message(client, make_link):
+    link = make_link(slug="hello-br", message="Olá! Quero saber mais 👋 & já")
+    response = client.get("/HELLO-br")
+    assert response.status_code == 302
+    assert response.headers["Location"] == (
+        "https://wa.me/5511987654321?text=Ol%C3%A1%21%20Quero%20saber%20mais%20%F0%9F%91%8B%20%26%20j%C3%A1"
+    )
+    assert response.headers["Location"] == link["target_url"]
+    assert response.headers["Cache-Control"] == "private, no-store"
+
+
+def test_redirect_without_message_has_no_text_parameter(client, make_link):
+    link = make_link(message=None)
+    assert client.get(f"/{link['slug']}").headers["Location"] == "https://wa.me/5511987654321"
+
+
+def test_head_answers_the_same_without_a_body(client, make_link):
+    link = make_link()
+    response = client.head(f"/{link['slug']}")
+    assert response.status_code == 302 and response.headers["Location"] == link["target_url"]
+    assert response.get_data() == b""
+
+
+def test_unknown_slug_answers_html_404_to_browsers(client):
+    response = client.get("/no-such-link", headers={"Accept": "text/html"})
+    assert response.status_code == 404 and response.mimetype == "text/html"
+    assert "Link not found" in response.get_data(as_text=True)
+
+
+def test_unknown_slug_answers_problem_json_to_api_clients(client):
+    response = client.get("/no-such-link", headers={"Accept": "application/json"})
+    assert response.status_code == 404 and response.mimetype == "application/problem+json"
+
+
+@pytest.mark.parametrize("path", ["/a", "/" + "x" * 65, "/bad.slug", "/static", "/metrics"])
+def test_impossible_and_reserved_slugs_answer_404(client, path):
+    assert client.get(path).status_code == 404
+
+
+def test_disabled_link_answers_410(client, auth, make_link):
+    link = make_link()
+    assert client.get(f"/{link['slug']}").status_code == 302
+    client.patch(f"/api/v1/links/{link['slug']}", headers=auth, json={"disabled": True})
+    assert client.get(f"/{link['slug']}").status_code == 410
+
+
+def test_deleted_link_answers_410(client, auth, make_link):
+    link = make_link()
+    client.get(f"/{link['slug']}")
+    client.delete(f"/api/v1/links/{link['slug']}", headers=auth)
+    response = client.get(f"/{link['slug']}", headers={"Accept": "application/json"})
+    assert response.status_code == 410 and response.get_json()["type"] == "/problems/link-gone"
+
+
+def test_expired_link_answers_410(app, client, make_link, owner_conn):
+    link = make_link(expires_at=(datetime.now(UTC) + timedelta(hours=1)).isoformat())
+    owner_conn.execute("update links set expires_at = now() - interval '1 second' where slug = %s", [link["slug"]])
+    app.extensions["cache"].client.delete(app.extensions["cache"].keys.link(link["slug"]))
+    assert client.get(f"/{link['slug']}").status_code == 410
+
+
+def test_cached_link_expires_without_a_database_read():
+    link = CachedLink(1, 1, "+14155552671", None, False, False, expires_at=1000.0, max_clicks=None)
+    assert link.gone_reason(now=999.0) is None
+    assert link.gone_reason(now=1000.0) == "expired"
+
+
+def test_resolved_link_is_cached_in_redis(app, client, make_link):
+    link = make_link()
+    client.get(f"/{link['slug']}")
+    cache = app.extensions["cache"]
+    hit, cached = cache.get_link(link["slug"])
+    assert hit and cached.phone == "+5511987654321" and cached.message == "Olá! 👋"
+
+
+def test_location_is_rebuilt_from_cached_digits_never_a_cached_url(app, client, make_link):
+    link = make_link()
+    cache = app.extensions["cache"]
+    key = cache.keys.link(link["slug"])
+    planted = CachedLink(1, 1, "+14155552671", "planted", False, False, None, None)
+    cache.client.set(key, planted.dumps())
+    assert client.get(f"/{link['slug']}").headers["Location"] == "https://wa.me/14155552671?text=planted"
+
+
+def test_unknown_slug_is_cached_so_scans_skip_postgresql(app, client):
+    client.get("/never-made")
+    cache = app.extensions["cache"]
+    assert cache.get_link("never-made") == (True, None)
+
+
+def test_link_created_after_a_cached_404_redirects_at_once(client, make_link):
+    assert client.get("/later-link").status_code == 404
+    make_link(slug="later-link")
+    assert client.get("/later-link").status_code == 302
+
+
+def test_edit_is_visible_on_the_next_redirect_from_every_worker(make_app, settings, auth, make_link, client):
+    link = make_link()
+    other_worker = make_app(settings).test_client()  # its own pool and Redis client, same Redis
+    assert other_worker.get(f"/{link['slug']}").headers["Location"] == link["target_url"]
+    client.patch(f"/api/v1/links/{link['slug']}", headers=auth, json={"message": "changed"})
+    assert other_worker.get(f"/{link['slug']}").headers["Location"] == "https://wa.me/5511987654321?text=changed"
+    client.delete(f"/api/v1/links/{link['slug']}", headers=auth)
+    assert other_worker.get(f"/{link['slug']}").status_code == 410
