@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import errors, limits
+from . import clicks, errors, limits
 from .cache import Cache
+from .clicks import STAGING_DDL
 from .config import Settings, load_settings
 from .db import Database, app_conninfo
 from .jsonbody import MAX_BODY_BYTES
@@ -37,7 +39,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         )
     logging.getLogger("service").setLevel(settings.log_level.upper())
 
-    db = Database(app.config["APP_DATABASE_URL"], size=settings.db_pool_size, timeout_ms=settings.db_timeout_ms)
+    conninfo = app.config["APP_DATABASE_URL"]
+    db = Database(conninfo, size=settings.db_pool_size, timeout_ms=settings.db_timeout_ms, setup_sql=STAGING_DDL)
     db.open()
     cache = Cache(
         settings.redis_url,
@@ -47,7 +50,22 @@ def create_app(settings: Settings | None = None) -> Flask:
         link_ttl=settings.cache_ttl_seconds,
         not_found_ttl=settings.not_found_ttl_seconds,
     )
-    app.extensions.update(db=db, cache=cache)
+    spool = clicks.Spool(Path(settings.spool_dir))
+    # The drainer has its own connection: its batches must not wait behind, or hold up, request threads.
+    drainer_db = Database(conninfo, size=1, timeout_ms=max(settings.db_timeout_ms, 10000), setup_sql=STAGING_DDL)
+    drainer_db.open()
+    drainer = clicks.Drainer(
+        cache, drainer_db, spool, batch=settings.drain_batch, reclaim_idle_ms=settings.reclaim_idle_ms
+    )
+    app.extensions.update(
+        db=db,
+        cache=cache,
+        drainer=drainer,
+        click_sink=clicks.ClickSink(db, spool),
+        click_capture=clicks.ClickCapture(clicks.VisitorKeys(db), settings.country_header, settings.honor_dnt),
+    )
+    if settings.drain_clicks:
+        drainer.start()
 
     from . import health, links, redirect
 

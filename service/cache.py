@@ -22,6 +22,40 @@ T = TypeVar("T")
 NEGATIVE = ""  # cached answer for a slug PostgreSQL does not know
 
 
+# One round trip for the redirect: read the cached link, decide whether it may still redirect, count the click
+# against max_clicks and queue it on the stream. On a miss the caller reads PostgreSQL and calls again with
+# the row as `fill` (and its click count as `seed`).
+# KEYS: link key, click stream, click-counter prefix.
+# ARGV: now (epoch s), fill ('' = none), fill ttl, seed ('' = none), record (1/0), bot (1/0), click JSON.
+# Returns nil (miss), {""} (unknown slug), or {link JSON, verdict} with verdict ok | gone | limit.
+RESOLVE_AND_RECORD = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then
+    if ARGV[2] == '' then return nil end
+    redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3], 'NX')
+    raw = redis.call('GET', KEYS[1]) or ARGV[2]
+end
+if raw == '' then return {''} end
+local link = cjson.decode(raw)
+local expires = link[7]
+if link[5] or link[6] or (expires ~= cjson.null and tonumber(expires) <= tonumber(ARGV[1])) then
+    return {raw, 'gone'}
+end
+if ARGV[5] ~= '1' then return {raw, 'ok'} end
+local limit = link[8]
+if limit ~= cjson.null and ARGV[6] ~= '1' then
+    local counter = KEYS[3] .. link[1]
+    if ARGV[4] ~= '' then redis.call('SET', counter, ARGV[4], 'NX') end
+    if redis.call('INCR', counter) > tonumber(limit) then
+        redis.call('DECR', counter)
+        return {raw, 'limit'}
+    end
+end
+redis.call('XADD', KEYS[2], '*', 'l', link[1], 'a', link[2], 'd', ARGV[7])
+return {raw, 'ok'}
+"""
+
+
 class RedisDown(Exception):
     """Redis is unreachable or the breaker is open; callers fall back to PostgreSQL or in-process state."""
 
@@ -99,6 +133,13 @@ class Keys:
     def limiter_prefix(self) -> str:
         return f"{self.prefix}limits"
 
+    def click_stream(self) -> str:
+        return f"{self.prefix}clicks"
+
+    def click_counter_prefix(self) -> str:
+        """Followed by a link id: the human clicks a link with max_clicks has had."""
+        return f"{self.prefix}clickcount:"
+
 
 class Cache:
     """A Redis client that fails fast: short timeouts, no retries, and a breaker that skips Redis after a failure."""
@@ -115,7 +156,9 @@ class Cache:
             health_check_interval=0,
             decode_responses=True,
         )
+        self.url = url
         self.keys = Keys(prefix)
+        self._resolve_script = self.client.register_script(RESOLVE_AND_RECORD)
         self.breaker_seconds = breaker_seconds
         self.link_ttl, self.not_found_ttl = link_ttl, not_found_ttl
         self._open_until = 0.0
@@ -194,6 +237,40 @@ class Cache:
         except redis.RedisError:
             with self._lock:
                 self._pending_invalidations |= slugs
+
+    def resolve_and_record(
+        self,
+        slug: str,
+        click: str | None,
+        bot: bool,
+        fill: CachedLink | None = None,
+        fill_none: bool = False,
+        seed: int | None = None,
+    ) -> tuple[bool, CachedLink | None, str]:
+        """(hit, link, verdict) in one round trip; the click (JSON) is queued only when the link may redirect."""
+        if fill is not None or fill_none:
+            value, ttl = self._entry(fill)
+        else:
+            value, ttl = "", 0
+        if fill_none:  # an unknown slug: nothing to record, just remember it
+            self.put_link(slug, None)
+            return True, None, "unknown"
+        args = [
+            f"{time.time():.3f}",
+            value,
+            ttl,
+            "" if seed is None else seed,
+            "1" if click else "0",
+            "1" if bot else "0",
+            click or "",
+        ]
+        keys = [self.keys.link(slug), self.keys.click_stream(), self.keys.click_counter_prefix()]
+        reply = self.call(lambda r: self._resolve_script(keys=keys, args=args, client=r))
+        if reply is None:
+            return False, None, "miss"
+        if reply[0] == NEGATIVE:
+            return True, None, "unknown"
+        return True, CachedLink.loads(reply[0]), reply[1]
 
     def ping(self) -> bool:
         """PING, bypassing the breaker (for health checks)."""

@@ -89,6 +89,16 @@ class Settings:
     rate_limit_not_found: str = env("30/minute", _rate, "Per client IP, redirects answering 404.")
     rate_limit_fallback: str = env("1200/minute", _rate, "Per client IP, in-process, while Redis is down.")
     rate_limits_enabled: bool = env("1", _bool, "Turn rate limiting off (benchmarks) with 0.")
+    country_header: str = env(
+        "", _header_name, "Header a trusted CDN sets to the visitor's country (e.g. CF-IPCountry)."
+    )
+    honor_dnt: bool = env("0", _bool, "1: do not record clicks that send DNT: 1 or Sec-GPC: 1.")
+    drain_clicks: bool = env("1", _bool, "Run the click drainer thread in each worker.")
+    drain_batch: int = env("2000", _int(1, 100000), "Clicks moved to PostgreSQL per batch.")
+    reclaim_idle_ms: int = env(
+        "30000", _int(100, 3600000), "Idle time before another worker takes over unacked clicks."
+    )
+    spool_dir: str = env(".data/spool", _text, "Where clicks wait when Redis and PostgreSQL are both down.")
     web_concurrency: int = env("4", _int(1, 64), "gunicorn worker processes.")
     worker_threads: int = env("4", _int(1, 64), "Threads per gunicorn worker (gthread).")
     gunicorn_timeout: int = env("30", _int(1, 3600), "Seconds before gunicorn restarts a stuck worker.")

@@ -48,7 +48,7 @@ def app_conninfo(owner_url: str, app_url: str = "") -> str:
 class Database:
     """One connection pool per process, opened after gunicorn forks."""
 
-    def __init__(self, conninfo: str, *, size: int, timeout_ms: int) -> None:
+    def __init__(self, conninfo: str, *, size: int, timeout_ms: int, setup_sql: str | None = None) -> None:
         self.pool = psycopg_pool.ConnectionPool(
             conninfo,
             min_size=1,
@@ -56,6 +56,7 @@ class Database:
             open=False,
             timeout=timeout_ms / 1000,
             check=psycopg_pool.ConnectionPool.check_connection,
+            configure=(lambda conn: conn.execute(setup_sql)) if setup_sql else None,
             kwargs={
                 "autocommit": True,
                 "row_factory": dict_row,

@@ -1,10 +1,11 @@
-"""GET /<slug>: the hot path — resolve the link in as few round trips as possible and answer 302 to wa.me."""
+"""GET /<slug>: the hot path — resolve the link and queue its click in one Redis round trip, answer 302 to wa.me."""
 
 from __future__ import annotations
 
+import json
 import logging
 
-from flask import Blueprint, Response, current_app, render_template
+from flask import Blueprint, Response, current_app, render_template, request
 
 from . import slugs
 from .cache import CachedLink, RedisDown
@@ -19,18 +20,26 @@ NO_STORE = {"Cache-Control": "private, no-store"}
 
 @bp.route("/<slug>", methods=["GET", "HEAD"])
 def follow(slug: str) -> Response:
-    """302 to the link's wa.me URL; 404 unknown; 410 disabled, deleted or expired; 503 when nothing can tell."""
+    """302 to the link's wa.me URL; 404 unknown; 410 disabled, deleted, expired or out of clicks; 503 unknowable."""
     # 1. Refuse what cannot be a slug before any I/O.
     slug = slugs.normalize(slug)
     if not slugs.could_exist(slug):
         return _not_found()
 
-    # 2. One Redis round trip; on a miss (or with Redis away) one PostgreSQL read that refills the cache.
+    # 2. Capture the click (no I/O; no raw IP kept) unless this request is not one (HEAD, opted out).
+    capture = current_app.extensions["click_capture"]
+    click = capture.capture(request) if capture.should_record(request) else None
+    click_json = json.dumps(click, separators=(",", ":")) if click else None
+    bot = bool(click and click["bot"])
+
+    # 3. One Redis round trip resolves the link and queues the click.
     cache = current_app.extensions["cache"]
     try:
-        hit, link = cache.get_link(slug)
+        hit, link, verdict = cache.resolve_and_record(slug, click_json, bot)
     except RedisDown:
-        hit, link = False, None
+        hit, link, verdict = False, None, "miss"
+
+    # 4. On a miss, one PostgreSQL read; then the same script fills the cache and queues the click.
     if not hit:
         try:
             row = current_app.extensions["db"].fetch_one("resolve_link", {"slug": slug})
@@ -38,17 +47,36 @@ def follow(slug: str) -> Response:
             log.warning("redirect of an uncached link while PostgreSQL is down: %s", type(exc).__name__)
             return _unavailable()
         link = CachedLink.from_row(row) if row else None
-        cache.put_link(slug, link)
+        try:
+            _, link, verdict = cache.resolve_and_record(
+                slug, click_json, bot, fill=link, fill_none=link is None, seed=row["clicks"] if row else None
+            )
+        except RedisDown:
+            verdict = _verdict_without_redis(link, row, click, bot)
 
-    # 3. Answer: unknown, gone, or the redirect built from the stored phone and message.
-    if link is None:
+    # 5. Answer: unknown, gone, or the redirect built from the stored phone and message.
+    if link is None or verdict == "unknown":
         return _not_found()
-    reason = link.gone_reason()
-    if reason:
-        return _gone(reason)
+    if verdict in ("gone", "limit"):
+        return _gone(link.gone_reason() or "out of clicks")
     response = current_app.response_class(status=302, headers=NO_STORE)
     response.headers["Location"] = wa_me_url(link.phone, link.message)
+    if click:
+        response.headers["X-Click-Id"] = click["id"]
     return response
+
+
+def _verdict_without_redis(link: CachedLink | None, row: dict | None, click: dict | None, bot: bool) -> str:
+    """The script's decision made from the PostgreSQL row, with the click written straight to PostgreSQL."""
+    if link is None:
+        return "unknown"
+    if link.gone_reason():
+        return "gone"
+    if click and not bot and link.max_clicks is not None and row["clicks"] >= link.max_clicks:
+        return "limit"
+    if click:
+        current_app.extensions["click_sink"].write(click, link.id, link.account_id)
+    return "ok"
 
 
 def _not_found() -> Response:

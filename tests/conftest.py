@@ -60,10 +60,16 @@ def key_prefix() -> str:
 
 
 @pytest.fixture
-def settings(database_url: str, redis_url: str, key_prefix: str):
-    """Settings for a test app: the test database and Redis namespace, defaults otherwise."""
+def settings(database_url: str, redis_url: str, key_prefix: str, tmp_path):
+    """Settings for a test app: the test database and Redis namespace; clicks are drained by the test itself."""
     return load_settings(
-        {}, database_url=database_url, redis_url=redis_url, key_prefix=key_prefix, base_url="https://chat.example"
+        {},
+        database_url=database_url,
+        redis_url=redis_url,
+        key_prefix=key_prefix,
+        base_url="https://chat.example",
+        drain_clicks=False,
+        spool_dir=str(tmp_path / "spool"),
     )
 
 
@@ -80,8 +86,20 @@ def make_app():
 
     yield build
     for app in apps:
+        app.extensions["drainer"].stop()
+        app.extensions["drainer"].db.close()
         app.extensions["db"].close()
         app.extensions["cache"].close()
+
+
+def drain(app) -> int:
+    """Move every queued click of app's stream into PostgreSQL; return how many entries moved."""
+    drainer, moved = app.extensions["drainer"], 0
+    while True:
+        step = drainer.drain_once()
+        moved += step
+        if not step:
+            return moved
 
 
 @pytest.fixture
@@ -220,6 +238,7 @@ def live_server(database_url, redis_url, key_prefix, tmp_path):
 
     def start(**env: str) -> LiveServer:
         base = {
+            "SPOOL_DIR": str(tmp_path / "spool"),
             "DATABASE_URL": database_url,
             "REDIS_URL": redis_url,
             "KEY_PREFIX": key_prefix,

@@ -1,6 +1,6 @@
 -- name: resolve_link
 -- One link by slug for the public redirect, across accounts, through the SECURITY DEFINER narrow path.
-select id, account_id, phone, message, disabled, deleted, expires_at, max_clicks
+select id, account_id, phone, message, disabled, deleted, expires_at, max_clicks, clicks
   from resolve_link(%(slug)s);
 
 -- name: insert_link
