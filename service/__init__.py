@@ -67,10 +67,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     if settings.drain_clicks:
         drainer.start()
 
-    from . import health, links, redirect
+    from . import analytics, health, links, redirect
 
     app.register_blueprint(health.bp)
     app.register_blueprint(links.bp)
+    app.register_blueprint(analytics.bp)
     app.register_blueprint(redirect.bp)  # last: /<slug> must not shadow the fixed paths
     errors.init_app(app)
     app.extensions["chatlink_limiter"] = limits.init_app(app, settings, settings.redis_url, cache.keys.limiter_prefix())

@@ -43,7 +43,9 @@ def init_app(app: Flask, settings: Settings, redis_url: str, key_prefix: str) ->
         headers_enabled=True,
         swallow_errors=True,
     )
-    limiter.limit(settings.rate_limit_api, key_func=api_key_or_ip)(app.blueprints["links"])
+    api_limit = limiter.shared_limit(settings.rate_limit_api, scope="api", key_func=api_key_or_ip)
+    for name in ("links", "analytics"):
+        api_limit(app.blueprints[name])
     create = "links.create_link"
     app.view_functions[create] = limiter.limit(
         settings.rate_limit_create,
