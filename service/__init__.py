@@ -8,7 +8,7 @@ from pathlib import Path
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import clicks, errors, limits
+from . import clicks, errors, limits, webhooks
 from .cache import Cache
 from .clicks import STAGING_DDL
 from .config import Settings, load_settings
@@ -52,7 +52,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     spool = clicks.Spool(Path(settings.spool_dir))
     # The drainer has its own connection: its batches must not wait behind, or hold up, request threads.
-    drainer_db = Database(conninfo, size=1, timeout_ms=max(settings.db_timeout_ms, 10000), setup_sql=STAGING_DDL)
+    drainer_db = Database(conninfo, size=2, timeout_ms=max(settings.db_timeout_ms, 10000), setup_sql=STAGING_DDL)
     drainer_db.open()
     drainer = clicks.Drainer(
         cache, drainer_db, spool, batch=settings.drain_batch, reclaim_idle_ms=settings.reclaim_idle_ms
@@ -64,14 +64,28 @@ def create_app(settings: Settings | None = None) -> Flask:
         click_sink=clicks.ClickSink(db, spool),
         click_capture=clicks.ClickCapture(clicks.VisitorKeys(db), settings.country_header, settings.honor_dnt),
     )
+    deliverer = webhooks.Deliverer(
+        drainer_db,
+        whatsapp_base=settings.whatsapp_api_base,
+        timeout=settings.webhook_timeout_seconds,
+        max_attempts=settings.webhook_max_attempts,
+        retry_base_seconds=settings.webhook_retry_base_seconds,
+    )
+    app.extensions["deliverer"] = deliverer
     if settings.drain_clicks:
         drainer.start()
+    if settings.deliver_events:
+        deliverer.start()
 
-    from . import analytics, health, links, redirect
+    from . import analytics, health, leads, links, redirect
 
     app.register_blueprint(health.bp)
     app.register_blueprint(links.bp)
     app.register_blueprint(analytics.bp)
+    app.register_blueprint(leads.api)
+    app.register_blueprint(webhooks.bp)
+    app.register_blueprint(leads.bp)
+    leads.init_app(app)
     app.register_blueprint(redirect.bp)  # last: /<slug> must not shadow the fixed paths
     errors.init_app(app)
     app.extensions["chatlink_limiter"] = limits.init_app(app, settings, settings.redis_url, cache.keys.limiter_prefix())

@@ -18,6 +18,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate, valida
 from .auth import require_api_key
 from .db import query
 from .errors import ApiError, invalid
+from .schemas import load_or_422
 from .slugs import normalize
 
 bp = Blueprint("analytics", __name__, url_prefix="/api/v1")
@@ -98,13 +99,6 @@ class ClicksQuery(_RangeQuery):
     limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
 
 
-def _load(schema: Schema) -> dict:
-    try:
-        return schema.load(request.args.to_dict())
-    except ValidationError as exc:
-        raise invalid({k: v if isinstance(v, list) else [str(v)] for k, v in exc.messages.items()}) from None
-
-
 def _json(body: dict) -> Response:
     return current_app.response_class(json.dumps(body, ensure_ascii=False, default=str), mimetype="application/json")
 
@@ -120,7 +114,7 @@ def _link(conn, slug: str) -> dict:
 @require_api_key
 def link_stats(slug: str) -> Response:
     """Totals, a zero-filled series and top-N breakdowns for one link. 200; 401, 404, 422."""
-    args = _load(LinkStatsQuery())
+    args = load_or_422(LinkStatsQuery(), request.args.to_dict())
     params = {
         "start": args["start_at"],
         "end": args["end_at"],
@@ -169,7 +163,7 @@ def link_stats(slug: str) -> Response:
 @require_api_key
 def account_stats() -> Response:
     """The account's totals and top links in the range. 200; 401, 422."""
-    args = _load(AccountStatsQuery())
+    args = load_or_422(AccountStatsQuery(), request.args.to_dict())
     params = {"start": args["start_at"], "end": args["end_at"], "limit": args["top"]}
     with current_app.extensions["db"].transaction(g.account_id) as conn:
         totals = query(conn, "account_totals", params).fetchone()
@@ -218,7 +212,7 @@ def _csv_rows(db, account_id: int, link_id: int, params: dict) -> Iterator[str]:
 @require_api_key
 def link_clicks(slug: str) -> Response:
     """Raw clicks newest first (cursor pages), or the whole range as formula-safe CSV. 200; 401, 404, 422."""
-    args = _load(ClicksQuery())
+    args = load_or_422(ClicksQuery(), request.args.to_dict())
     params = {"start": args["start_at"], "end": args["end_at"]}
     wants_csv = request.accept_mimetypes.best_match(["application/json", "text/csv"]) == "text/csv"
     with current_app.extensions["db"].transaction(g.account_id) as conn:

@@ -72,6 +72,7 @@ class CachedLink:
     deleted: bool
     expires_at: float | None  # epoch seconds
     max_clicks: int | None
+    lead_form: dict | None = None
 
     @classmethod
     def from_row(cls, row: dict[str, Any], deleted: bool | None = None) -> CachedLink:
@@ -85,6 +86,7 @@ class CachedLink:
             row["deleted"] if deleted is None else deleted,
             expires.timestamp() if expires else None,
             row["max_clicks"],
+            row.get("lead_form"),
         )
 
     def dumps(self) -> str:
@@ -98,6 +100,7 @@ class CachedLink:
                 self.deleted,
                 self.expires_at,
                 self.max_clicks,
+                self.lead_form,
             ],
             separators=(",", ":"),
         )

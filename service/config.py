@@ -99,6 +99,15 @@ class Settings:
         "30000", _int(100, 3600000), "Idle time before another worker takes over unacked clicks."
     )
     spool_dir: str = env(".data/spool", _text, "Where clicks wait when Redis and PostgreSQL are both down.")
+    rate_limit_lead: str = env("10/minute", _rate, "Per client IP, lead form submissions.")
+    lead_min_fill_seconds: int = env("2", _int(0, 60), "Lead forms sent sooner than this after display are refused.")
+    deliver_events: bool = env("1", _bool, "Run the webhook/WhatsApp outbox deliverer thread in each worker.")
+    webhook_timeout_seconds: int = env("5", _int(1, 60), "Timeout of one webhook or WhatsApp API call.")
+    webhook_max_attempts: int = env("20", _int(1, 100), "Attempts before a delivery is marked failed.")
+    webhook_retry_base_seconds: int = env("10", _int(0, 3600), "First retry delay; doubles per attempt, capped at 1 h.")
+    whatsapp_api_base: str = env(
+        "https://graph.facebook.com/v21.0", _url("http", "https"), "WhatsApp Cloud API base URL."
+    )
     web_concurrency: int = env("4", _int(1, 64), "gunicorn worker processes.")
     worker_threads: int = env("4", _int(1, 64), "Threads per gunicorn worker (gthread).")
     gunicorn_timeout: int = env("30", _int(1, 3600), "Seconds before gunicorn restarts a stuck worker.")

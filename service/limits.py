@@ -44,7 +44,7 @@ def init_app(app: Flask, settings: Settings, redis_url: str, key_prefix: str) ->
         swallow_errors=True,
     )
     api_limit = limiter.shared_limit(settings.rate_limit_api, scope="api", key_func=api_key_or_ip)
-    for name in ("links", "analytics"):
+    for name in ("links", "analytics", "leads_api", "webhooks"):
         api_limit(app.blueprints[name])
     create = "links.create_link"
     app.view_functions[create] = limiter.limit(
@@ -59,5 +59,6 @@ def init_app(app: Flask, settings: Settings, redis_url: str, key_prefix: str) ->
     limiter.limit(
         settings.rate_limit_not_found, scope="not-found", deduct_when=lambda response: response.status_code == 404
     )(redirect_bp)
+    limiter.limit(settings.rate_limit_lead)(app.blueprints["leads"])
     limiter.exempt(app.blueprints["health"])
     return limiter

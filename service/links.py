@@ -9,28 +9,20 @@ import json
 from datetime import datetime
 
 from flask import Blueprint, Response, current_app, g, request
-from marshmallow import Schema, ValidationError
+from psycopg.types.json import Jsonb
 
-from . import slugs
+from . import slugs, webhooks
 from .auth import require_api_key
 from .cache import CachedLink
 from .db import query
 from .errors import ApiError, invalid
 from .jsonbody import read_json_object
-from .schemas import LinkCreate, LinkEdit, LinkListQuery
+from .schemas import LinkCreate, LinkEdit, LinkListQuery, load_or_422
 from .whatsapp import wa_me_url
 
 bp = Blueprint("links", __name__, url_prefix="/api/v1")
 GENERATED_SLUG_ATTEMPTS = 8
-EDITABLE = ("phone", "message", "title", "tags", "expires_at", "max_clicks", "disabled")
-
-
-def _load(schema: Schema, data: dict) -> dict:
-    try:
-        return schema.load(data)
-    except ValidationError as exc:
-        errors = {field: msgs if isinstance(msgs, list) else [str(msgs)] for field, msgs in exc.messages.items()}
-        raise invalid(errors) from None
+EDITABLE = ("phone", "message", "title", "tags", "expires_at", "max_clicks", "disabled", "lead_form")
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -51,6 +43,7 @@ def link_json(row: dict) -> dict:
         "expires_at": _iso(row["expires_at"]),
         "max_clicks": row["max_clicks"],
         "disabled": row["disabled"],
+        "lead_form": row["lead_form"],
         "created_at": _iso(row["created_at"]),
         "updated_at": _iso(row["updated_at"]),
     }
@@ -69,8 +62,13 @@ def _not_found(slug: str) -> ApiError:
     return ApiError(404, "link-not-found", "Link not found", f"No link '{slug}' in this account.")
 
 
+def _jsonb(value: dict | None) -> Jsonb | None:
+    return None if value is None else Jsonb(value)
+
+
 def _insert(conn, data: dict) -> dict:
     params = {"message": None, "title": None, "tags": [], "expires_at": None, "max_clicks": None, **data}
+    params["lead_form"] = _jsonb(data.get("lead_form"))
     if "slug" in data:
         row = query(conn, "insert_link", params).fetchone()
         if row is None:
@@ -96,7 +94,7 @@ def _request_hash(body: dict) -> bytes:
 def create_link() -> Response:
     """Create a link. 201 with the link and Location; 400, 401, 409, 413, 415, 422, 429."""
     body = read_json_object()
-    data = _load(LinkCreate(), body)
+    data = load_or_422(LinkCreate(), body)
     idempotency_key = request.headers.get("Idempotency-Key")
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
         raise invalid({"Idempotency-Key": ["Use 1 to 255 characters."]})
@@ -118,6 +116,7 @@ def create_link() -> Response:
                 return _json_response(earlier["body"], earlier["status"])
         row = _insert(conn, data)
         link = link_json(row)
+        webhooks.queue_link_created(conn, link)
         if idempotency_key is not None:
             query(conn, "finish_idempotency_key", {"key": idempotency_key, "status": 201, "body": json.dumps(link)})
     _write_through(row)  # a scan may have cached this slug as unknown before it existed
@@ -141,12 +140,13 @@ def get_link(slug: str) -> Response:
 def edit_link(slug: str) -> Response:
     """Change any editable field. 200 with the link; 400, 401, 404, 413, 415, 422."""
     slug = slugs.normalize(slug)
-    changes = _load(LinkEdit(), read_json_object())
+    changes = load_or_422(LinkEdit(), read_json_object())
     with current_app.extensions["db"].transaction(g.account_id) as conn:
         row = query(conn, "get_link_for_update", {"slug": slug}).fetchone()
         if row is None:
             raise _not_found(slug)
         merged = {field: changes.get(field, row[field]) for field in EDITABLE}
+        merged["lead_form"] = _jsonb(merged["lead_form"])
         row = query(conn, "update_link", {**merged, "slug": slug}).fetchone()
     _write_through(row)
     return _json_response(link_json(row))
@@ -186,7 +186,7 @@ def _like_pattern(text: str) -> str:
 @require_api_key
 def list_links() -> Response:
     """The account's links, newest first, with cursor pagination. 200; 401, 422."""
-    args = _load(LinkListQuery(), request.args.to_dict())
+    args = load_or_422(LinkListQuery(), request.args.to_dict())
     after_created, after_id = _decode_cursor(args["cursor"]) if args["cursor"] else (None, None)
     params = {
         "limit": args["limit"] + 1,  # one extra row tells whether another page follows

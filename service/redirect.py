@@ -7,7 +7,7 @@ import logging
 
 from flask import Blueprint, Response, current_app, render_template, request
 
-from . import slugs
+from . import leads, slugs
 from .cache import CachedLink, RedisDown
 from .db import UNAVAILABLE_ERRORS
 from .errors import RETRY_AFTER_UNAVAILABLE, problem, wants_json
@@ -59,6 +59,11 @@ def follow(slug: str) -> Response:
         return _not_found()
     if verdict in ("gone", "limit"):
         return _gone(link.gone_reason() or "out of clicks")
+    if link.lead_form:
+        response = leads.render_form(link, slug, leads.issue_token(slug, click["id"] if click else None))
+        if click:
+            response.headers["X-Click-Id"] = click["id"]
+        return response
     response = current_app.response_class(status=302, headers=NO_STORE)
     response.headers["Location"] = wa_me_url(link.phone, link.message)
     if click:

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates, validates_schema
 
 from . import slugs, whatsapp
+from .errors import invalid
 
 TAG_PATTERN = r"^[^\x00-\x1f\x7f]{1,50}$"
 
@@ -18,6 +19,50 @@ class StrictBoolean(fields.Boolean):
         if not isinstance(value, bool):
             raise self.make_error("invalid")
         return value
+
+
+def load_or_422(schema: Schema, data: dict) -> dict:
+    """schema.load(data), or a 422 problem naming every invalid field."""
+    try:
+        return schema.load(data)
+    except ValidationError as exc:
+        errors = {field: msgs if isinstance(msgs, list) else [str(msgs)] for field, msgs in exc.messages.items()}
+        raise invalid(errors) from None
+
+
+LEAD_FIELDS = ("name", "phone", "email", "note")
+_NO_CONTROLS = validate.Regexp(r"^[^\x00-\x1f\x7f]*$", error="Control characters are not allowed.")
+
+
+class LeadForm(Schema):
+    """A link's lead form: which fields it asks for, which are required, and its texts."""
+
+    class Meta:
+        unknown = RAISE
+
+    fields_ = fields.List(
+        fields.String(validate=validate.OneOf(LEAD_FIELDS)),
+        data_key="fields",
+        required=True,
+        validate=validate.Length(min=1, max=len(LEAD_FIELDS)),
+    )
+    required = fields.List(fields.String(validate=validate.OneOf(LEAD_FIELDS)), load_default=list)
+    heading = fields.String(load_default="Before we chat", validate=[validate.Length(min=1, max=200), _NO_CONTROLS])
+    button = fields.String(load_default="Continue to WhatsApp", validate=[validate.Length(min=1, max=50), _NO_CONTROLS])
+    consent = fields.String(load_default=None, allow_none=True, validate=[validate.Length(max=500), _NO_CONTROLS])
+
+    @validates_schema
+    def _required_are_asked(self, data: dict, **_) -> None:
+        if len(set(data.get("fields_", []))) != len(data.get("fields_", [])):
+            raise ValidationError("List each field once.", "fields")
+        missing = set(data.get("required", [])) - set(data.get("fields_", []))
+        if missing:
+            raise ValidationError(f"Required fields must be in fields: {', '.join(sorted(missing))}.", "required")
+
+    @post_load
+    def _plain(self, data: dict, **_) -> dict:
+        data["fields"] = data.pop("fields_")
+        return data
 
 
 class LinkFields(Schema):
@@ -41,6 +86,7 @@ class LinkFields(Schema):
         validate=validate.Length(max=20),
     )
     expires_at = fields.AwareDateTime(allow_none=True)
+    lead_form = fields.Nested(LeadForm, allow_none=True)
     max_clicks = fields.Integer(strict=True, allow_none=True, validate=validate.Range(min=1, max=2**62))
 
     @validates("default_region")

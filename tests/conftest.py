@@ -69,6 +69,8 @@ def settings(database_url: str, redis_url: str, key_prefix: str, tmp_path):
         key_prefix=key_prefix,
         base_url="https://chat.example",
         drain_clicks=False,
+        deliver_events=False,
+        webhook_retry_base_seconds=0,
         spool_dir=str(tmp_path / "spool"),
     )
 
@@ -87,6 +89,7 @@ def make_app():
     yield build
     for app in apps:
         app.extensions["drainer"].stop()
+        app.extensions["deliverer"].stop()
         app.extensions["drainer"].db.close()
         app.extensions["db"].close()
         app.extensions["cache"].close()

@@ -44,6 +44,7 @@ def test_create_returns_201_with_the_link_and_location(client, auth):
         "tags",
         "expires_at",
         "max_clicks",
+        "lead_form",
         "disabled",
         "created_at",
         "updated_at",
