@@ -127,6 +127,7 @@ def link_stats(slug: str) -> Response:
         params["link_id"] = link["id"]
         series = query(conn, "link_series", params).fetchall()
         groups = query(conn, "link_breakdowns", params).fetchall()
+        leads = query(conn, "link_leads_count", params).fetchone()["leads"]
     with_bots = args["include_bots"]
     breakdowns: dict[str, list] = {name: [] for name in DIMENSIONS}
     for row in sorted(groups, key=lambda r: (-r["clicks"], r["value"] or "")):
@@ -142,6 +143,7 @@ def link_stats(slug: str) -> Response:
         }
         for row in series
     ]
+    human_clicks = sum(p["clicks"] - (p["bot_clicks"] if with_bots else 0) for p in points)
     return _json(
         {
             "slug": link["slug"],
@@ -153,6 +155,9 @@ def link_stats(slug: str) -> Response:
             "clicks": sum(p["clicks"] for p in points),
             "unique_visitors": sum(p["unique_visitors"] for p in points),
             "bot_clicks": sum(p["bot_clicks"] for p in points),
+            "leads": leads,
+            # Leads per human click (the form page is a click); null before the first click.
+            "conversion_rate": round(leads / human_clicks, 4) if human_clicks else None,
             "series": points,
             "breakdowns": breakdowns,
         }
