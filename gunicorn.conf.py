@@ -2,6 +2,7 @@
 
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -29,8 +30,30 @@ control_socket_disable = True  # several instances (tests, bench) run side by si
 forwarded_allow_ips = "*" if settings.trusted_proxies else "127.0.0.1"
 
 
+class HideAddresses(logging.Filter):
+    """gunicorn's own messages name client addresses ("Invalid request from ip=…"): mask every address."""
+
+    ADDRESS = re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}\b|\b(?:[0-9a-fA-F]{0,4}:){2,7}[0-9a-fA-F]{0,4}\b")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = self.ADDRESS.sub("[address]", record.getMessage()), None
+        return True
+
+
+def _hide_addresses(server) -> None:
+    for name in ("gunicorn.error", "gunicorn.access"):
+        for handler in logging.getLogger(name).handlers:
+            handler.addFilter(HideAddresses())
+
+
+def post_fork(server, worker):
+    """Workers log through the handlers they inherited; make sure each carries the address filter."""
+    _hide_addresses(server)
+
+
 def on_starting(server):
     """Before any worker forks: resolve PostgreSQL/Redis (configured, local or embedded) and migrate once."""
+    _hide_addresses(server)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.update(localservices.resolve_for_run(Path(__file__).resolve().parent / ".data"))
     applied = migrations.migrate(os.environ["DATABASE_URL"])

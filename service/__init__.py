@@ -14,6 +14,7 @@ from .clicks import STAGING_DDL
 from .config import Settings, load_settings
 from .db import Database, app_conninfo
 from .jsonbody import MAX_BODY_BYTES
+from .slugs import SlugConverter
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -22,6 +23,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     if not settings.database_url or not settings.redis_url:
         raise RuntimeError("DATABASE_URL and REDIS_URL must be set (make run finds or starts them)")
     app = Flask(__name__)
+    app.url_map.converters["slug"] = SlugConverter
     app.config.update(
         SETTINGS=settings,
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
@@ -70,6 +72,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         timeout=settings.webhook_timeout_seconds,
         max_attempts=settings.webhook_max_attempts,
         retry_base_seconds=settings.webhook_retry_base_seconds,
+        allow_private=settings.webhook_allow_private,
     )
     app.extensions["deliverer"] = deliverer
     if settings.drain_clicks:

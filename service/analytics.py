@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import csv
 import io
 import json
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -17,7 +14,8 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate, valida
 
 from .auth import require_api_key
 from .db import query
-from .errors import ApiError, invalid
+from .errors import ApiError
+from .pagination import decode_cursor, encode_cursor, parse_uuid
 from .schemas import load_or_422
 from .slugs import normalize
 
@@ -52,6 +50,8 @@ class _RangeQuery(Schema):
     end = fields.String(data_key="to", load_default=None)
     tz = fields.String(load_default="UTC")
     default_days = 30
+    # Roll-ups are per UTC hour: ranges read from them are widened to whole hours, and the answer says so.
+    whole_hours = False
 
     @validates_schema
     def _parse_range(self, data: dict, **_) -> None:
@@ -61,9 +61,13 @@ class _RangeQuery(Schema):
             raise ValidationError("Not an IANA time zone such as America/Sao_Paulo.", "tz") from None
         end = _instant(data["end"], zone, "to") if data["end"] else datetime.now(UTC)
         start = _instant(data["start"], zone, "from") if data["start"] else end - timedelta(days=self.default_days)
+        if self.whole_hours:
+            start = start.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+            end_floor = end.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+            end = end_floor if end_floor == end else end_floor + timedelta(hours=1)
         if start >= end:
             raise ValidationError("Must be before 'to'.", "from")
-        data.update(zone=zone, start_at=start, end_at=end)
+        data.update(zone=zone, start_at=start.astimezone(zone), end_at=end.astimezone(zone))
         self.check_span(data)
 
     def check_span(self, data: dict) -> None:
@@ -73,14 +77,18 @@ class _RangeQuery(Schema):
 def _instant(text: str, zone: ZoneInfo, field: str) -> datetime:
     try:
         if len(text) == 10:
-            return datetime.combine(date.fromisoformat(text), datetime.min.time(), zone)
-        moment = datetime.fromisoformat(text)
+            moment = datetime.combine(date.fromisoformat(text), datetime.min.time(), zone)
+        else:
+            moment = datetime.fromisoformat(text)
     except ValueError:
         raise ValidationError("Use an ISO 8601 date (2026-11-01) or date-time.", field) from None
+    if not 1970 <= moment.year <= 9000:
+        raise ValidationError("Use a year between 1970 and 9000.", field)
     return moment if moment.tzinfo else moment.replace(tzinfo=zone)
 
 
 class LinkStatsQuery(_RangeQuery):
+    whole_hours = True
     interval = fields.String(load_default="day", validate=validate.OneOf(["day", "hour"]))
     include_bots = fields.Boolean(load_default=False)
     top = fields.Integer(load_default=10, validate=validate.Range(min=1, max=100))
@@ -91,6 +99,7 @@ class LinkStatsQuery(_RangeQuery):
 
 
 class AccountStatsQuery(_RangeQuery):
+    whole_hours = True
     top = fields.Integer(load_default=10, validate=validate.Range(min=1, max=100))
 
 
@@ -110,7 +119,7 @@ def _link(conn, slug: str) -> dict:
     return link
 
 
-@bp.get("/links/<slug>/stats")
+@bp.get("/links/<slug:slug>/stats")
 @require_api_key
 def link_stats(slug: str) -> Response:
     """Totals, a zero-filled series and top-N breakdowns for one link. 200; 401, 404, 422."""
@@ -176,18 +185,6 @@ def account_stats() -> Response:
     return _json({"from": args["start_at"].isoformat(), "to": args["end_at"].isoformat(), **totals, "top_links": top})
 
 
-def _encode_cursor(row: dict) -> str:
-    return base64.urlsafe_b64encode(f"{row['clicked_at'].isoformat()}|{row['click_id']}".encode()).decode()
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        at, _, click_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
-        return datetime.fromisoformat(at), uuid.UUID(click_id)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise invalid({"cursor": ["Not a cursor this API returned."]}) from None
-
-
 def formula_safe(value: object) -> str:
     """A CSV cell spreadsheet programs will not evaluate: a leading = + - @ (or tab/CR) gets a quote first."""
     text = "" if value is None else str(value)
@@ -213,7 +210,7 @@ def _csv_rows(db, account_id: int, link_id: int, params: dict) -> Iterator[str]:
         page["after_at"], page["after_id"] = rows[-1]["clicked_at"], rows[-1]["click_id"]
 
 
-@bp.get("/links/<slug>/clicks")
+@bp.get("/links/<slug:slug>/clicks")
 @require_api_key
 def link_clicks(slug: str) -> Response:
     """Raw clicks newest first (cursor pages), or the whole range as formula-safe CSV. 200; 401, 404, 422."""
@@ -223,7 +220,7 @@ def link_clicks(slug: str) -> Response:
     with current_app.extensions["db"].transaction(g.account_id) as conn:
         link = _link(conn, slug)
         if not wants_csv:
-            after_at, after_id = _decode_cursor(args["cursor"]) if args["cursor"] else (None, None)
+            after_at, after_id = decode_cursor(args["cursor"], parse_uuid) if args["cursor"] else (None, None)
             rows = query(
                 conn,
                 "list_clicks",
@@ -243,5 +240,5 @@ def link_clicks(slug: str) -> Response:
         )
     page = rows[: args["limit"]]
     items = [{f: (row[f].isoformat() if f == "clicked_at" else row[f]) for f in CLICK_FIELDS} for row in page]
-    next_cursor = _encode_cursor(page[-1]) if len(rows) > args["limit"] else None
+    next_cursor = encode_cursor(page[-1]["clicked_at"], page[-1]["click_id"]) if len(rows) > args["limit"] else None
     return _json({"items": items, "next_cursor": next_cursor})

@@ -9,8 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import redis
 from redis.backoff import NoBackoff
@@ -27,7 +26,7 @@ NEGATIVE = ""  # cached answer for a slug PostgreSQL does not know
 # the row as `fill` (and its click count as `seed`).
 # KEYS: link key, click stream, click-counter prefix.
 # ARGV: now (epoch s), fill ('' = none), fill ttl, seed ('' = none), record (1/0), bot (1/0), click JSON.
-# Returns nil (miss), {""} (unknown slug), or {link JSON, verdict} with verdict ok | gone | limit.
+# Returns nil (miss), {""} (unknown slug), or {link JSON, verdict} with verdict ok | gone | limit | seed.
 RESOLVE_AND_RECORD = """
 local raw = redis.call('GET', KEYS[1])
 if not raw then
@@ -42,11 +41,16 @@ if link[5] or link[6] or (expires ~= cjson.null and tonumber(expires) <= tonumbe
     return {raw, 'gone'}
 end
 if ARGV[5] ~= '1' then return {raw, 'ok'} end
-local limit = link[8]
-if limit ~= cjson.null and ARGV[6] ~= '1' then
+if ARGV[6] ~= '1' then
+    -- Every human click is counted, limit or not, so a max_clicks set later starts from the true count.
     local counter = KEYS[3] .. link[1]
-    if ARGV[4] ~= '' then redis.call('SET', counter, ARGV[4], 'NX') end
-    if redis.call('INCR', counter) > tonumber(limit) then
+    if ARGV[4] ~= '' then
+        redis.call('SET', counter, ARGV[4], 'NX')
+    elseif redis.call('EXISTS', counter) == 0 then
+        return {raw, 'seed'}  -- the count was lost (or never read): ask PostgreSQL for it first
+    end
+    local limit = link[8]
+    if redis.call('INCR', counter) > tonumber(limit == cjson.null and math.huge or limit) then
         redis.call('DECR', counter)
         return {raw, 'limit'}
     end
@@ -73,6 +77,8 @@ class CachedLink:
     expires_at: float | None  # epoch seconds
     max_clicks: int | None
     lead_form: dict | None = None
+
+    LAYOUT: ClassVar[int] = 2  # bump when the fields above change
 
     @classmethod
     def from_row(cls, row: dict[str, Any], deleted: bool | None = None) -> CachedLink:
@@ -119,10 +125,6 @@ class CachedLink:
             return "expired"
         return None
 
-    @property
-    def expires_datetime(self) -> datetime | None:
-        return datetime.fromtimestamp(self.expires_at, UTC) if self.expires_at else None
-
 
 class Keys:
     """Every Redis key the service writes, under one prefix so that tests and tenants of a Redis stay apart."""
@@ -131,7 +133,8 @@ class Keys:
         self.prefix = prefix
 
     def link(self, slug: str) -> str:
-        return f"{self.prefix}link:{slug}"
+        # The version changes with CachedLink's layout, so old and new workers of a deploy never misread.
+        return f"{self.prefix}link:v{CachedLink.LAYOUT}:{slug}"
 
     def limiter_prefix(self) -> str:
         return f"{self.prefix}limits"
@@ -191,23 +194,9 @@ class Cache:
         if self.available:
             log.warning("redis failed (%s); skipping it for %ss", type(exc).__name__, self.breaker_seconds)
         self._open_until = time.monotonic() + self.breaker_seconds
-        self.client.connection_pool.reset()  # drop half-read connections of a hung server
+        self.client.connection_pool.disconnect()  # close half-read connections of a hung server
 
     # --- the link cache ----------------------------------------------------------------------------------
-    def get_link(self, slug: str) -> tuple[bool, CachedLink | None]:
-        """(hit, link): hit False means ask PostgreSQL; a hit with None is a cached unknown slug."""
-        raw = self.call(lambda r: r.get(self.keys.link(slug)))
-        return self.parse(raw)
-
-    @staticmethod
-    def parse(raw: str | None) -> tuple[bool, CachedLink | None]:
-        """Decode a cached link entry as get_link answers."""
-        if raw is None:
-            return False, None
-        if raw == NEGATIVE:
-            return True, None
-        return True, CachedLink.loads(raw)
-
     def _entry(self, link: CachedLink | None) -> tuple[str, int]:
         if link is None:
             return NEGATIVE, self.not_found_ttl

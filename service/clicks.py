@@ -14,12 +14,14 @@ import secrets
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterable
 from datetime import UTC, date, datetime
 from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import psycopg
 import redis
 import ua_parser
 import uuid6
@@ -78,20 +80,25 @@ def _clean(value: str | None, limit: int) -> str | None:
 class VisitorKeys:
     """Today's HMAC key for visitor ids, from PostgreSQL (shared by every worker), rotated each UTC day."""
 
+    RETRY_SECONDS = 30
+
     def __init__(self, db: Database) -> None:
         self.db = db
         self._day: date | None = None
         self._key = secrets.token_bytes(32)
+        self._retry_at = 0.0
 
     def today(self) -> bytes:
         day = datetime.now(UTC).date()
-        if day != self._day:
+        if day != self._day and time.monotonic() >= self._retry_at:
             try:
                 row = self.db.fetch_one("visitor_key", {"day": day})
                 self._key, self._day = bytes(row["key"]), day
-            except UNAVAILABLE_ERRORS:
-                # Keep counting with a process-local key; unique counts may over-count until PostgreSQL answers.
+            except (psycopg.Error, *UNAVAILABLE_ERRORS):
+                # Keep counting with a process-local key (unique counts may over-count) and do not ask again
+                # for a while: redirects must not wait on a database that is away.
                 log.warning("visitor key unavailable; using a process-local key for now")
+                self._retry_at = time.monotonic() + self.RETRY_SECONDS
         return self._key
 
 
@@ -249,23 +256,22 @@ class Spool:
         """Move every spooled click into PostgreSQL; a file is removed only after its rows are committed."""
         if not self.directory.exists():
             return 0
-        moved = 0
         for path in sorted(self.directory.glob("clicks-*.jsonl")):
-            claimed = path.with_suffix(f".draining-{os.getpid()}")
-            try:
-                path.rename(claimed)
-            except FileNotFoundError:
-                continue  # another worker claimed it
-            moved += self._ingest_file(db, claimed)
-        for claimed in sorted(self.directory.glob(f"clicks-*.draining-{os.getpid()}")):
-            moved += self._ingest_file(db, claimed)  # left by an earlier failed attempt of this process
-        return moved
+            # A unique name: a claimed file whose ingest failed must never be replaced by a later claim.
+            with contextlib.suppress(FileNotFoundError):  # another worker claimed it first
+                path.rename(path.with_name(f"{path.name}.draining-{uuid.uuid4().hex}"))
+        # Every claimed file, including those of a worker that died mid-drain; two drainers ingesting the same
+        # file is harmless because the insert ignores repeats.
+        return sum(self._ingest_file(db, claimed) for claimed in sorted(self.directory.glob("clicks-*.draining-*")))
 
     @staticmethod
     def _ingest_file(db: Database, claimed: Path) -> int:
-        with claimed.open("rb") as handle:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # wait for a write that was in flight at the rename
-            lines = handle.read().splitlines()
+        try:
+            with claimed.open("rb") as handle:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # wait for a write that was in flight at the rename
+                lines = handle.read().splitlines()
+        except FileNotFoundError:
+            return 0  # another drainer finished it
         entries = []
         for line in lines:
             try:
@@ -274,7 +280,7 @@ class Spool:
                 log.error("spool %s: skipped a line that is not JSON (a write cut short by a crash)", claimed)
         with db.pool.connection() as conn:
             ingest(conn, (to_row(e, e["l"], e["a"]) for e in entries))
-        claimed.unlink()
+        claimed.unlink(missing_ok=True)
         return len(entries)
 
 
@@ -290,7 +296,7 @@ class ClickSink:
             with self.db.pool.connection() as conn:
                 ingest(conn, [to_row(click, link_id, account_id)])
             return "postgresql"
-        except UNAVAILABLE_ERRORS:
+        except (psycopg.Error, *UNAVAILABLE_ERRORS):  # unreachable, read-only after a failover…: keep it locally
             try:
                 self.spool.append(click, link_id, account_id)
                 return "spool"
@@ -309,6 +315,7 @@ class Drainer:
         self, cache: Cache, db: Database, spool: Spool, *, batch: int, reclaim_idle_ms: int, months_ahead: int = 2
     ) -> None:
         self.stream = cache.keys.click_stream()
+        self.dead_letters = f"{self.stream}:dead"
         self.block_ms = 1000
         # Its own client: XREADGROUP blocks longer than the hot path's short socket timeout allows.
         self.redis = redis.Redis(
@@ -374,18 +381,39 @@ class Drainer:
     def _move(self, entries: list) -> int:
         if not entries:
             return 0
-        rows, ids = [], []
+        rows, ids, dead = [], [], []
         for entry_id, fields in entries:
             ids.append(entry_id)
-            if fields:  # an entry deleted after it was read has no fields
-                rows.append(to_row(json.loads(fields["d"]), int(fields["l"]), int(fields["a"])))
-        with self.db.pool.connection() as conn:
-            ingest(conn, rows)
+            if not fields:  # an entry deleted after it was read has no fields
+                continue
+            try:
+                rows.append((entry_id, fields, to_row(json.loads(fields["d"]), int(fields["l"]), int(fields["a"]))))
+            except (ValueError, KeyError, TypeError) as exc:
+                dead.append((fields, f"undecodable: {exc!r}"))
+        try:
+            with self.db.pool.connection() as conn:
+                ingest(conn, [row for _, _, row in rows])
+        except UNAVAILABLE_ERRORS:
+            raise
+        except psycopg.Error:
+            # One row PostgreSQL refuses must not hold up the rest: retry them one by one.
+            for _, fields, row in rows:
+                try:
+                    with self.db.pool.connection() as conn:
+                        ingest(conn, [row])
+                except UNAVAILABLE_ERRORS:
+                    raise
+                except psycopg.Error as exc:
+                    dead.append((fields, f"refused: {type(exc).__name__}"))
         # Only after the commit: a crash before this line re-delivers the batch, and the insert ignores repeats.
         with self.redis.pipeline(transaction=False) as pipe:
+            for fields, reason in dead:  # kept for a person to look at, never silently dropped
+                pipe.xadd(self.dead_letters, {**fields, "error": reason})
             pipe.xack(self.stream, self.GROUP, *ids)
             pipe.xdel(self.stream, *ids)
             pipe.execute()
+        if dead:
+            log.error("%d click entries could not be stored; kept in %s", len(dead), self.dead_letters)
         return len(ids)
 
     def pending(self) -> int:
@@ -405,20 +433,24 @@ class Drainer:
     def _run(self) -> None:
         last_maintenance = last_reclaim = 0.0
         while not self._stop.is_set():
-            try:
-                now = time.monotonic()
-                if now - last_maintenance > 3600:
-                    self.maintain()
-                    last_maintenance = now
-                if now - last_reclaim > max(1.0, self.reclaim_idle_ms / 2000):
-                    self.reclaim()
-                    self.spool.drain(self.db)
-                    last_reclaim = now
-                self.drain_once(block_ms=self.block_ms)
-            except (redis.RedisError, *UNAVAILABLE_ERRORS) as exc:
-                log.warning("click drainer waiting for its dependencies: %s", type(exc).__name__)
-                self._group_ready = False
+            now = time.monotonic()
+            # Each step on its own: a failing one (a dead PostgreSQL for the spool) must not stop the others.
+            if now - last_maintenance > 3600 and self._guarded(self.maintain):
+                last_maintenance = now
+            if now - last_reclaim > max(1.0, self.reclaim_idle_ms / 2000):
+                self._guarded(self.reclaim)
+                self._guarded(lambda: self.spool.drain(self.db))
+                last_reclaim = now
+            if not self._guarded(lambda: self.drain_once(block_ms=self.block_ms)):
                 self._stop.wait(1)
-            except Exception:
-                log.exception("click drainer failed; retrying")
-                self._stop.wait(1)
+
+    def _guarded(self, step) -> bool:
+        try:
+            step()
+            return True
+        except (redis.RedisError, *UNAVAILABLE_ERRORS) as exc:
+            log.warning("click drainer waiting for its dependencies: %s", type(exc).__name__)
+            self._group_ready = False
+        except Exception:
+            log.exception("click drainer step failed; retrying")
+        return False

@@ -84,6 +84,7 @@ class Settings:
     cache_ttl_seconds: int = env("3600", _int(1, 86400 * 30), "How long a resolved link stays cached.")
     not_found_ttl_seconds: int = env("30", _int(1, 3600), "How long an unknown slug is remembered as unknown.")
     rate_limit_api: str = env("600/minute", _rate, "Per API key, every API call.")
+    rate_limit_api_per_ip: str = env("3000/minute", _rate, "Per client IP, every API call (whatever the key).")
     rate_limit_create: str = env("60/minute", _rate, "Per API key, POST /api/v1/links.")
     rate_limit_redirect: str = env("1200/minute", _rate, "Per client IP, GET /<slug>.")
     rate_limit_not_found: str = env("30/minute", _rate, "Per client IP, redirects answering 404.")
@@ -105,6 +106,7 @@ class Settings:
     webhook_timeout_seconds: int = env("5", _int(1, 60), "Timeout of one webhook or WhatsApp API call.")
     webhook_max_attempts: int = env("20", _int(1, 100), "Attempts before a delivery is marked failed.")
     webhook_retry_base_seconds: int = env("10", _int(0, 3600), "First retry delay; doubles per attempt, capped at 1 h.")
+    webhook_allow_private: bool = env("0", _bool, "1: allow webhook URLs on private/loopback addresses.")
     whatsapp_api_base: str = env(
         "https://graph.facebook.com/v21.0", _url("http", "https"), "WhatsApp Cloud API base URL."
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import csv
 import hashlib
 import io
@@ -26,7 +25,8 @@ from .analytics import ClicksQuery, formula_safe
 from .auth import require_api_key
 from .cache import CachedLink
 from .db import query
-from .errors import ApiError, invalid
+from .errors import ApiError
+from .pagination import decode_cursor, encode_cursor, parse_uuid
 from .schemas import load_or_422
 
 bp = Blueprint("leads", __name__)
@@ -148,7 +148,7 @@ def greeting_url(link: CachedLink, name: str | None) -> str:
     return whatsapp.wa_me_url(link.phone, message)
 
 
-@bp.post("/<slug>/lead")
+@bp.post("/<slug:slug>/lead")
 def submit(slug: str) -> Response:
     """Store a lead and 303 to wa.me; 422 re-renders with errors; 403 for a forged, replayed or bot submission."""
     slug = slugs.normalize(slug)
@@ -202,18 +202,6 @@ class LeadsQuery(ClicksQuery):
     link = fields.String(load_default=None, validate=validate.Length(max=64))
 
 
-def _encode_cursor(row: dict) -> str:
-    return base64.urlsafe_b64encode(f"{row['created_at'].isoformat()}|{row['id']}".encode()).decode()
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        at, _, lead_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
-        return datetime.fromisoformat(at), uuid.UUID(lead_id)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise invalid({"cursor": ["Not a cursor this API returned."]}) from None
-
-
 def _lead_json(row: dict) -> dict:
     return {f: (row[f].isoformat() if isinstance(row[f], datetime) else row[f]) for f in LEAD_FIELDS} | {
         "id": str(row["id"]),
@@ -259,7 +247,7 @@ def _list(link_slug: str | None) -> Response:
             mimetype="text/csv",
             headers={"Content-Disposition": 'attachment; filename="leads.csv"'},
         )
-    after_at, after_id = _decode_cursor(args["cursor"]) if args["cursor"] else (None, None)
+    after_at, after_id = decode_cursor(args["cursor"], parse_uuid) if args["cursor"] else (None, None)
     with db.transaction(g.account_id) as conn:
         rows = query(
             conn, "list_leads", {**params, "after_at": after_at, "after_id": after_id, "limit": args["limit"] + 1}
@@ -267,7 +255,7 @@ def _list(link_slug: str | None) -> Response:
     page = rows[: args["limit"]]
     body = {
         "items": [_lead_json(r) for r in page],
-        "next_cursor": _encode_cursor(page[-1]) if len(rows) > args["limit"] else None,
+        "next_cursor": encode_cursor(page[-1]["created_at"], page[-1]["id"]) if len(rows) > args["limit"] else None,
     }
     return current_app.response_class(json.dumps(body, ensure_ascii=False), mimetype="application/json")
 
@@ -279,7 +267,7 @@ def list_leads() -> Response:
     return _list(None)
 
 
-@api.get("/links/<slug>/leads")
+@api.get("/links/<slug:slug>/leads")
 @require_api_key
 def list_link_leads(slug: str) -> Response:
     """One link's leads, as GET /leads?link=<slug>. 200; 401, 404, 422."""

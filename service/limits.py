@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from flask import Flask, request
+import hashlib
+import hmac
+
+from flask import Flask, current_app, request
 from flask_limiter import Limiter
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -11,15 +14,22 @@ from .auth import public_id_of
 from .config import Settings
 
 
+def _keyed(value: str) -> str:
+    # Limit counters live in Redis under these names: a keyed hash, never the raw address or key.
+    secret = current_app.extensions["click_capture"].visitor_keys.today()
+    return hmac.new(secret, value.encode(), hashlib.sha256).hexdigest()[:32]
+
+
 def client_ip() -> str:
-    """The client address; ProxyFix has already picked the X-Forwarded-For hop TRUSTED_PROXIES allows."""
-    return request.remote_addr or "unknown"
+    """The client address (ProxyFix has picked the X-Forwarded-For hop TRUSTED_PROXIES allows), hashed."""
+    return "ip:" + _keyed(request.remote_addr or "unknown")
 
 
 def api_key_or_ip() -> str:
-    """API calls count against the key's public id; calls without a well-formed key against the address."""
-    public_id = public_id_of(request.headers.get("Authorization"))
-    return f"key:{public_id}" if public_id else f"ip:{client_ip()}"
+    """A well-formed key counts against a hash of the whole key — so a forged key with someone's public id
+    cannot use up their limit — and anything else against the address."""
+    header = request.headers.get("Authorization")
+    return "key:" + _keyed(header) if public_id_of(header) else client_ip()
 
 
 def init_app(app: Flask, settings: Settings, redis_url: str, key_prefix: str) -> Limiter:
@@ -44,8 +54,11 @@ def init_app(app: Flask, settings: Settings, redis_url: str, key_prefix: str) ->
         swallow_errors=True,
     )
     api_limit = limiter.shared_limit(settings.rate_limit_api, scope="api", key_func=api_key_or_ip)
+    # Every call also counts against its address, so made-up keys (each its own bucket) are limited too.
+    api_ip_limit = limiter.shared_limit(settings.rate_limit_api_per_ip, scope="api-ip")
     for name in ("links", "analytics", "leads_api", "webhooks"):
         api_limit(app.blueprints[name])
+        api_ip_limit(app.blueprints[name])
     create = "links.create_link"
     app.view_functions[create] = limiter.limit(
         settings.rate_limit_create,

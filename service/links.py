@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 from datetime import datetime
@@ -17,6 +15,7 @@ from .cache import CachedLink
 from .db import query
 from .errors import ApiError, invalid
 from .jsonbody import read_json_object
+from .pagination import bigint, decode_cursor, encode_cursor
 from .schemas import LinkCreate, LinkEdit, LinkListQuery, load_or_422
 from .whatsapp import wa_me_url
 
@@ -123,7 +122,7 @@ def create_link() -> Response:
     return _json_response(link, 201)
 
 
-@bp.get("/links/<slug>")
+@bp.get("/links/<slug:slug>")
 @require_api_key
 def get_link(slug: str) -> Response:
     """One link of the account. 200; 401, 404."""
@@ -135,7 +134,7 @@ def get_link(slug: str) -> Response:
     return _json_response(link_json(row))
 
 
-@bp.patch("/links/<slug>")
+@bp.patch("/links/<slug:slug>")
 @require_api_key
 def edit_link(slug: str) -> Response:
     """Change any editable field. 200 with the link; 400, 401, 404, 413, 415, 422."""
@@ -152,7 +151,7 @@ def edit_link(slug: str) -> Response:
     return _json_response(link_json(row))
 
 
-@bp.delete("/links/<slug>")
+@bp.delete("/links/<slug:slug>")
 @require_api_key
 def delete_link(slug: str) -> Response:
     """Delete a link; its redirect answers 410 from then on. 204; 401, 404."""
@@ -165,18 +164,6 @@ def delete_link(slug: str) -> Response:
     return Response(status=204)
 
 
-def _encode_cursor(row: dict) -> str:
-    return base64.urlsafe_b64encode(f"{row['created_at'].isoformat()}|{row['id']}".encode()).decode()
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, int]:
-    try:
-        created, _, link_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
-        return datetime.fromisoformat(created), int(link_id)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise invalid({"cursor": ["Not a cursor this API returned."]}) from None
-
-
 def _like_pattern(text: str) -> str:
     escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
@@ -187,7 +174,7 @@ def _like_pattern(text: str) -> str:
 def list_links() -> Response:
     """The account's links, newest first, with cursor pagination. 200; 401, 422."""
     args = load_or_422(LinkListQuery(), request.args.to_dict())
-    after_created, after_id = _decode_cursor(args["cursor"]) if args["cursor"] else (None, None)
+    after_created, after_id = decode_cursor(args["cursor"], bigint) if args["cursor"] else (None, None)
     params = {
         "limit": args["limit"] + 1,  # one extra row tells whether another page follows
         "tag": args["tag"],
@@ -198,5 +185,5 @@ def list_links() -> Response:
     with current_app.extensions["db"].transaction(g.account_id) as conn:
         rows = query(conn, "list_links", params).fetchall()
     page = rows[: args["limit"]]
-    next_cursor = _encode_cursor(page[-1]) if len(rows) > args["limit"] else None
+    next_cursor = encode_cursor(page[-1]["created_at"], page[-1]["id"]) if len(rows) > args["limit"] else None
     return _json_response({"items": [link_json(r) for r in page], "next_cursor": next_cursor})

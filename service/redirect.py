@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
+import psycopg
 from flask import Blueprint, Response, current_app, render_template, request
 
 from . import leads, slugs
@@ -40,10 +41,10 @@ def follow(slug: str) -> Response:
         hit, link, verdict = False, None, "miss"
 
     # 4. On a miss, one PostgreSQL read; then the same script fills the cache and queues the click.
-    if not hit:
+    if not hit or verdict == "seed":
         try:
             row = current_app.extensions["db"].fetch_one("resolve_link", {"slug": slug})
-        except UNAVAILABLE_ERRORS as exc:
+        except (psycopg.Error, *UNAVAILABLE_ERRORS) as exc:  # down, or refusing (e.g. mid-failover)
             log.warning("redirect of an uncached link while PostgreSQL is down: %s", type(exc).__name__)
             return _unavailable()
         link = CachedLink.from_row(row) if row else None

@@ -101,8 +101,16 @@ class LinkFields(Schema):
 
     @validates("expires_at")
     def _future(self, value: datetime | None, **_) -> None:
-        if value is not None and value <= datetime.now(UTC):
+        if value is None:
+            return
+        try:
+            in_utc = value.astimezone(UTC)
+        except OverflowError:
+            raise ValidationError("Must be before the year 9999.") from None
+        if in_utc <= datetime.now(UTC):
             raise ValidationError("Must be in the future.")
+        if in_utc.year >= 9999:
+            raise ValidationError("Must be before the year 9999.")
 
     @validates_schema
     def _phone(self, data: dict, **_) -> None:
@@ -165,5 +173,5 @@ class LinkListQuery(Schema):
 
     limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
     cursor = fields.String(load_default=None)
-    tag = fields.String(load_default=None, validate=validate.Length(max=50))
-    q = fields.String(load_default=None, validate=validate.Length(max=200))
+    tag = fields.String(load_default=None, validate=[validate.Length(max=50), _NO_CONTROLS])
+    q = fields.String(load_default=None, validate=[validate.Length(max=200), _NO_CONTROLS])

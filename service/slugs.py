@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 import secrets
 
+from werkzeug.routing import BaseConverter
+
 # Lowercase letters and digits without the look-alikes 0/o and 1/l/i: 31 symbols, 8 of them ≈ 39.6 bits.
 ALPHABET = "23456789abcdefghjkmnpqrstuvwxyz"
 GENERATED_LENGTH = 8
@@ -32,6 +34,12 @@ RESERVED = frozenset(
         "app",
     }
 )
+
+
+class SlugConverter(BaseConverter):
+    """URL segments that could be a slug in any case; anything else (NUL, dots, 200 characters) is a plain 404."""
+
+    regex = r"[A-Za-z0-9_-]{1,64}"
 
 
 def generate() -> str:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import random
 import secrets
+import socket
 import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
 
 import requests
 from flask import Blueprint, Response, current_app, g
@@ -19,7 +22,7 @@ from marshmallow import RAISE, Schema, fields, validate
 
 from .auth import require_api_key
 from .db import UNAVAILABLE_ERRORS, Database, query
-from .errors import ApiError
+from .errors import ApiError, invalid
 from .jsonbody import read_json_object
 from .schemas import load_or_422
 from .whatsapp import InvalidPhone, normalize_phone
@@ -30,6 +33,20 @@ EVENTS = ("lead.created", "link.created")
 # Cloud API error codes worth retrying: throttling and temporary failures. Anything else (bad token 190,
 # unknown template 132001, invalid parameter 100, …) will not fix itself and fails at once.
 WHATSAPP_RETRYABLE = {1, 2, 4, 17, 80007, 130429, 131000, 131016, 131056, 133004}
+
+
+def address_problem(url: str) -> str | None:
+    """Why url must not be called (it resolves to a private, loopback or link-local address), or None.
+
+    Tenants choose webhook URLs; without this check they could make the service probe the internal network."""
+    host = urlsplit(url).hostname or ""
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except (socket.gaierror, UnicodeError):
+        return "The host name does not resolve."
+    if any(not ipaddress.ip_address(address.split("%")[0]).is_global for address in addresses):
+        return "The URL points to a private, loopback or link-local address."
+    return None
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
@@ -98,6 +115,9 @@ def _uuid_or_404(value: str) -> uuid.UUID:
 def create_webhook() -> Response:
     """Register an endpoint; the signing secret is in this answer only. 201; 400, 401, 413, 415, 422."""
     data = load_or_422(WebhookIn(), read_json_object())
+    problem = None if current_app.config["SETTINGS"].webhook_allow_private else address_problem(data["url"])
+    if problem:
+        raise invalid({"url": [problem]})
     secret = "whsec_" + secrets.token_urlsafe(32)
     with current_app.extensions["db"].transaction(g.account_id) as conn:
         row = query(
@@ -190,9 +210,11 @@ class Deliverer:
         timeout: float,
         max_attempts: int,
         retry_base_seconds: float,
+        allow_private: bool = False,
         batch: int = 20,
     ) -> None:
         self.db = db
+        self.allow_private = allow_private
         self.whatsapp_base = whatsapp_base.rstrip("/")
         self.timeout, self.max_attempts, self.retry_base = timeout, max_attempts, retry_base_seconds
         self.batch = batch
@@ -238,7 +260,10 @@ class Deliverer:
                 },
             )
 
-    def _post_webhook(self, row: dict) -> tuple[bool, int, str | None, bool]:
+    def _post_webhook(self, row: dict) -> tuple[bool, int | None, str | None, bool]:
+        problem = None if self.allow_private else address_problem(row["url"])
+        if problem:  # checked again at each call: DNS may have changed since registration
+            return False, None, problem, False
         body = json.dumps(row["payload"], separators=(",", ":"), default=str).encode()
         headers = {
             "Content-Type": "application/json",

@@ -70,6 +70,7 @@ def settings(database_url: str, redis_url: str, key_prefix: str, tmp_path):
         base_url="https://chat.example",
         drain_clicks=False,
         deliver_events=False,
+        webhook_allow_private=True,  # the test receivers listen on 127.0.0.1
         webhook_retry_base_seconds=0,
         spool_dir=str(tmp_path / "spool"),
     )

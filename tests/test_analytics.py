@@ -174,3 +174,24 @@ def test_csv_export_streams_every_click_with_formulas_neutralised(app, client, a
     campaigns = sorted(r["utm_campaign"] for r in rows)
     assert campaigns == sorted(['\'=HYPERLINK("http://evil")', "'+1+2", "'-3", "'@SUM(A1)", "plain"])
     assert all(not r[k].startswith(("=", "+", "-", "@")) for r in rows for k in r)
+
+
+def test_a_range_inside_an_hour_is_widened_so_totals_and_breakdowns_agree(client, auth, clicked_link):
+    now = datetime.now(UTC)
+    stats = client.get(
+        f"/api/v1/links/{clicked_link['slug']}/stats",
+        headers=auth,
+        query_string={"from": (now - timedelta(minutes=1)).isoformat(), "to": now.isoformat()},
+    ).get_json()
+    assert stats["clicks"] == 3 and sum(b["clicks"] for b in stats["breakdowns"]["device_type"]) == 3
+    assert stats["from"].endswith(":00:00+00:00")
+
+
+@pytest.mark.parametrize("query", ["to=0001-01-10", "from=0001-01-01&to=0001-01-05&tz=Asia/Tokyo", "from=9999-12-31"])
+def test_dates_out_of_range_answer_422(client, auth, clicked_link, query):
+    for path in (
+        f"/api/v1/links/{clicked_link['slug']}/stats",
+        "/api/v1/stats",
+        f"/api/v1/links/{clicked_link['slug']}/clicks",
+    ):
+        assert client.get(f"{path}?{query}", headers=auth).status_code == 422, path

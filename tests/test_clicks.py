@@ -295,3 +295,61 @@ def test_the_drainer_thread_moves_clicks_without_being_asked(make_app, settings,
     while not _clicks(owner_conn, link["slug"]) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert [str(r[0]) for r in _clicks(owner_conn, link["slug"])] == [click_id]
+
+
+def test_max_clicks_set_later_counts_the_clicks_before_it(app, client, auth, make_link):
+    link = make_link()
+    path = f"/{link['slug']}"
+    for _ in range(3):
+        client.get(path)
+    drain(app)
+    client.patch(f"/api/v1/links/{link['slug']}", headers=auth, json={"max_clicks": 4})
+    assert [client.get(path).status_code for _ in range(2)] == [302, 410]
+
+
+def test_max_clicks_set_after_redis_lost_its_counters_reads_the_count_from_postgresql(app, client, auth, make_link):
+    link = make_link()
+    path = f"/{link['slug']}"
+    for _ in range(3):
+        client.get(path)
+    drain(app)
+    cache = app.extensions["cache"]
+    cache.client.delete(*cache.client.keys(f"{cache.keys.prefix}*"))
+    client.patch(f"/api/v1/links/{link['slug']}", headers=auth, json={"max_clicks": 4})  # a cache hit follows
+    assert [client.get(path).status_code for _ in range(2)] == [302, 410]
+
+
+def test_a_spool_file_whose_drain_failed_is_not_overwritten_by_the_next(
+    app, make_link, owner_conn, dead_port, tmp_path
+):
+    link = make_link()
+    link_id, account_id = owner_conn.execute(
+        "select id, account_id from links where slug = %s", [link["slug"]]
+    ).fetchone()
+    spool = clicks.Spool(tmp_path / "spool")
+    dead = Database(f"postgresql://postgres@127.0.0.1:{dead_port}/x", size=1, timeout_ms=200)
+    dead.open()
+    first = {"id": "01930000-0000-7000-8000-00000000000a", "ts": time.time(), "bot": False, "vid": "a" * 32}
+    second = {**first, "id": "01930000-0000-7000-8000-00000000000b"}
+    try:
+        spool.append(first, link_id, account_id)
+        with pytest.raises(Exception):  # noqa: B017 (PostgreSQL is away: the pool times out)
+            spool.drain(dead)
+    finally:
+        dead.close()
+    spool.append(second, link_id, account_id)
+    assert spool.drain(app.extensions["db"]) == 2
+    assert sorted(str(r[0]) for r in _clicks(owner_conn, link["slug"])) == [first["id"], second["id"]]
+
+
+def test_an_entry_postgresql_cannot_take_is_set_aside_and_the_rest_are_stored(app, client, make_link, owner_conn):
+    link = make_link()
+    drainer = app.extensions["drainer"]
+    drainer.ensure_group()
+    drainer.redis.xadd(drainer.stream, {"l": "1", "a": "1", "d": "{not json"})
+    ids = {client.get(f"/{link['slug']}").headers["X-Click-Id"] for _ in range(2)}
+    assert drain(app) == 3
+    assert {str(r[0]) for r in _clicks(owner_conn, link["slug"])} == ids
+    [(_, dead)] = drainer.redis.xrange(drainer.dead_letters)
+    assert dead["d"] == "{not json" and dead["error"].startswith("undecodable")
+    assert drainer.pending() == 0

@@ -64,3 +64,24 @@ def test_with_one_trusted_proxy_only_the_hop_it_appended_counts(make_app, settin
     assert statuses == [302, 302, 429]
     other = client.get(f"/{link['slug']}", environ_base=proxy, headers={"X-Forwarded-For": "192.0.2.51"})
     assert other.status_code == 302
+
+
+def test_a_forged_key_with_someone_elses_public_id_does_not_use_up_their_limit(make_app, settings, api_key, auth):
+    client = make_app(settings, rate_limit_api="3/minute").test_client()
+    forged = {"Authorization": f"Bearer {api_key[:13]}{'B' if api_key[13] == 'A' else 'A'}{api_key[14:]}"}
+    assert [client.get("/api/v1/links", headers=forged).status_code for _ in range(4)] == [401, 401, 401, 429]
+    assert client.get("/api/v1/links", headers=auth).status_code == 200
+
+
+def test_made_up_keys_are_limited_per_address(make_app, settings):
+    client = make_app(settings, rate_limit_api_per_ip="2/minute").test_client()
+    keys = [f"Bearer clk_{i:08d}_" + "A" * 43 for i in range(3)]
+    assert [client.get("/api/v1/links", headers={"Authorization": k}).status_code for k in keys] == [401, 401, 429]
+
+
+def test_rate_limit_counters_in_redis_never_name_the_address(app, make_app, settings, make_link):
+    link = make_link()
+    client = make_app(settings).test_client()
+    client.get(f"/{link['slug']}", environ_base={"REMOTE_ADDR": "198.51.100.99"})
+    keys = app.extensions["cache"].client.keys(f"{settings.key_prefix}*")
+    assert keys and not any("198.51.100.99" in key for key in keys)

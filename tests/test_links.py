@@ -251,3 +251,24 @@ def test_list_filters_by_tag_and_text(client, auth, make_link):
 @pytest.mark.parametrize("query", ["limit=0", "limit=101", "limit=x", "cursor=!!!", "unknown=1"])
 def test_list_rejects_bad_query_parameters(client, auth, query):
     _problem(client.get(f"/api/v1/links?{query}", headers=auth), 422)
+
+
+@pytest.mark.parametrize(
+    "path", ["/api/v1/links/abc%00", "/api/v1/links/abc%00/stats", "/api/v1/links/" + "x" * 65, "/api/v1/links/a.b"]
+)
+def test_impossible_slugs_in_api_paths_answer_404(client, auth, path):
+    assert client.get(path, headers=auth).status_code == 404
+    assert client.delete(path, headers=auth).status_code in (404, 405)
+
+
+@pytest.mark.parametrize(
+    "query", ["tag=%00", "q=%00", "cursor=" + "MjAyNi0wMS0wMVQwMDowMDowMHw5OTk5OTk5OTk5OTk5OTk5OTk5OTk="]
+)
+def test_hostile_list_parameters_answer_422(client, auth, query):
+    assert client.get(f"/api/v1/links?{query}", headers=auth).status_code == 422
+
+
+def test_expiry_past_the_year_9999_in_utc_answers_422(client, auth):
+    body = {"phone": "+14155552671", "expires_at": "9999-12-31T23:59:59-23:59"}
+    response = client.post("/api/v1/links", headers=auth, json=body)
+    assert response.status_code == 422 and "expires_at" in response.get_json()["errors"]

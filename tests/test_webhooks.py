@@ -249,3 +249,19 @@ def test_delivery_happens_in_the_background_thread(make_app, settings, client, a
     while not receiver.received and time.monotonic() < deadline:
         time.sleep(0.05)
     assert len(receiver.received) == 1
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9/x",
+        "http://10.0.0.5/hook",
+        "http://169.254.169.254/latest",
+        "http://[::1]/x",
+        "http://localhost/x",
+    ],
+)
+def test_webhooks_to_internal_addresses_are_refused_by_default(make_app, settings, auth, url):
+    client = make_app(settings, webhook_allow_private=False).test_client()
+    response = client.post("/api/v1/webhooks", headers=auth, json={"url": url})
+    assert response.status_code == 422 and "url" in response.get_json()["errors"]

@@ -84,7 +84,7 @@ create function resolve_link(p_slug text)
     returns table (id bigint, account_id bigint, phone text, message text, disabled boolean,
                    deleted boolean, expires_at timestamptz, max_clicks bigint)
     language sql stable security definer
-    set search_path = pg_catalog, public
+    set search_path = pg_catalog, public, pg_temp
     as $$
         select l.id, l.account_id, l.phone, l.message, l.disabled, l.deleted_at is not null,
                l.expires_at, l.max_clicks
@@ -96,7 +96,7 @@ create function resolve_link(p_slug text)
 create function find_api_key(p_public_id text)
     returns table (account_id bigint, secret_hash bytea, revoked boolean)
     language sql stable security definer
-    set search_path = pg_catalog, public
+    set search_path = pg_catalog, public, pg_temp
     as $$
         select k.account_id, k.secret_hash, k.revoked_at is not null
           from api_keys k

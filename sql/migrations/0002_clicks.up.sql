@@ -77,7 +77,7 @@ create function resolve_link(p_slug text)
     returns table (id bigint, account_id bigint, phone text, message text, disabled boolean,
                    deleted boolean, expires_at timestamptz, max_clicks bigint, clicks bigint)
     language sql stable security definer
-    set search_path = pg_catalog, public
+    set search_path = pg_catalog, public, pg_temp
     as $$
         select l.id, l.account_id, l.phone, l.message, l.disabled, l.deleted_at is not null,
                l.expires_at, l.max_clicks,
@@ -92,7 +92,7 @@ create function resolve_link(p_slug text)
 -- in the same transaction. Returns how many clicks were new.
 create function ingest_clicks() returns bigint
     language plpgsql security definer
-    set search_path = pg_catalog, public
+    set search_path = pg_catalog, public, pg_temp
     set timezone = 'UTC'
     as $$
 declare
@@ -147,7 +147,7 @@ $$;
 -- Create this month's and the next months' partitions, and forget visitor data older than two days.
 create function maintain_clicks(p_months_ahead integer) returns void
     language plpgsql security definer
-    set search_path = pg_catalog, public
+    set search_path = pg_catalog, public, pg_temp
     set timezone = 'UTC'
     as $$
 declare
@@ -176,7 +176,7 @@ $$;
 -- Today's (or a given day's) visitor key, created on first use.
 create function visitor_key(p_day date) returns bytea
     language plpgsql security definer
-    set search_path = pg_catalog, public
+    set search_path = pg_catalog, public, pg_temp
     as $$
 declare
     found bytea;

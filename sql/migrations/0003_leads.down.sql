@@ -14,7 +14,7 @@ create function resolve_link(p_slug text)
     returns table (id bigint, account_id bigint, phone text, message text, disabled boolean,
                    deleted boolean, expires_at timestamptz, max_clicks bigint, clicks bigint)
     language sql stable security definer
-    set search_path = pg_catalog, public
+    set search_path = pg_catalog, public, pg_temp
     as $$
         select l.id, l.account_id, l.phone, l.message, l.disabled, l.deleted_at is not null,
                l.expires_at, l.max_clicks,

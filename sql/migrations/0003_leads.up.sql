@@ -91,19 +91,18 @@ alter table service_secrets enable row level security;
 alter table service_secrets force row level security;
 create policy service_secrets_owner on service_secrets to current_user using (true);
 
--- The redirect's narrow path also returns the lead form.
+-- The redirect's narrow path also returns the lead form, and always the human click count (it seeds the
+-- Redis counter that enforces max_clicks, which may be set later).
 drop function resolve_link(text);
 create function resolve_link(p_slug text)
     returns table (id bigint, account_id bigint, phone text, message text, disabled boolean,
                    deleted boolean, expires_at timestamptz, max_clicks bigint, clicks bigint, lead_form jsonb)
     language sql stable security definer
-    set search_path = pg_catalog, public
+    set search_path = pg_catalog, public, pg_temp
     as $$
         select l.id, l.account_id, l.phone, l.message, l.disabled, l.deleted_at is not null,
                l.expires_at, l.max_clicks,
-               case when l.max_clicks is not null
-                    then (select coalesce(sum(r.clicks), 0)::bigint from click_rollups r where r.link_id = l.id)
-               end,
+               (select coalesce(sum(r.clicks), 0)::bigint from click_rollups r where r.link_id = l.id),
                l.lead_form
           from links l
          where l.slug = p_slug
@@ -112,7 +111,7 @@ create function resolve_link(p_slug text)
 -- A named random secret (e.g. the form-token key), created on first use and shared by every worker.
 create function service_secret(p_name text) returns bytea
     language plpgsql security definer
-    set search_path = pg_catalog, public
+    set search_path = pg_catalog, public, pg_temp
     as $$
 declare
     found bytea;
@@ -131,7 +130,7 @@ create function capture_lead(p_link_id bigint, p_nonce text, p_click_id uuid, p_
                              p_email text, p_note text, p_consent boolean)
     returns uuid
     language plpgsql security definer
-    set search_path = pg_catalog, public
+    set search_path = pg_catalog, public, pg_temp
     as $$
 declare
     v_account bigint;
@@ -172,7 +171,7 @@ create function claim_deliveries(p_limit integer, p_lease_seconds integer)
                    secret text, phone_number_id text, access_token text, template text, language text,
                    notify_number text)
     language sql security definer
-    set search_path = pg_catalog, public
+    set search_path = pg_catalog, public, pg_temp
     as $$
         with due as (
             select o.id from outbox o
@@ -197,7 +196,7 @@ create function finish_delivery(p_id bigint, p_delivered boolean, p_status integ
                                 p_duration_ms integer, p_retry_at timestamptz)
     returns void
     language sql security definer
-    set search_path = pg_catalog, public
+    set search_path = pg_catalog, public, pg_temp
     as $$
         insert into delivery_attempts (outbox_id, account_id, status_code, error, duration_ms)
         select o.id, o.account_id, p_status, p_error, p_duration_ms from outbox o where o.id = p_id;
