@@ -62,7 +62,12 @@ def health() -> Response:
         if error:
             entry["output"] = error
         checks[name] = [entry]
-    status = "fail" if not postgres[0] else ("warn" if not redis_ok[0] else "pass")
+    # This process's count of clicks no store could take (Redis, PostgreSQL and the spool all failed).
+    dropped = current_app.extensions["click_sink"].dropped
+    checks["clicks:dropped"] = [
+        {"componentType": "component", "observedValue": dropped, "status": "pass" if dropped == 0 else "warn"}
+    ]
+    status = "fail" if not postgres[0] else ("warn" if not redis_ok[0] or dropped else "pass")
     body = {"status": status, "checks": checks}
     return Response(
         json.dumps(body),

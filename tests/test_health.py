@@ -18,6 +18,7 @@ def test_health_passes_with_both_dependencies_up(client):
     for name in ("postgresql:connection", "redis:connection"):
         check = body["checks"][name][0]
         assert check["status"] == "pass" and check["observedUnit"] == "ms" and check["observedValue"] >= 0
+    assert body["checks"]["clicks:dropped"][0]["observedValue"] == 0
 
 
 def test_health_warns_with_redis_down(make_app, settings, dead_port):
