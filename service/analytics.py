@@ -13,6 +13,7 @@ from flask import Blueprint, Response, current_app, g, request
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from .auth import require_api_key
+from .clicks import COLUMNS
 from .db import query
 from .errors import ApiError
 from .pagination import decode_cursor, encode_cursor, parse_uuid
@@ -22,22 +23,8 @@ from .slugs import normalize
 bp = Blueprint("analytics", __name__, url_prefix="/api/v1")
 DIMENSIONS = ("country", "referrer_host", "device_type", "browser", "os", "utm_source", "utm_medium", "utm_campaign")
 MAX_DAYS = {"day": 731, "hour": 31}
-CLICK_FIELDS = (
-    "click_id",
-    "clicked_at",
-    "referrer",
-    "referrer_host",
-    "browser",
-    "os",
-    "device_type",
-    "is_bot",
-    "country",
-    "utm_source",
-    "utm_medium",
-    "utm_campaign",
-    "utm_content",
-    "utm_term",
-)
+# What the API shows of a click: every stored column but the internal ids and the visitor hash.
+CLICK_FIELDS = tuple(c for c in COLUMNS if c not in {"link_id", "account_id", "visitor_id"})
 
 
 class _RangeQuery(Schema):

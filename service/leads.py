@@ -24,6 +24,7 @@ from . import slugs, whatsapp
 from .analytics import ClicksQuery, formula_safe
 from .auth import require_api_key
 from .cache import CachedLink
+from .clicks import UTM_FIELDS
 from .db import query
 from .errors import ApiError
 from .pagination import decode_cursor, encode_cursor, parse_uuid
@@ -53,11 +54,7 @@ LEAD_FIELDS = (
     "click_id",
     "referrer_host",
     "country",
-    "utm_source",
-    "utm_medium",
-    "utm_campaign",
-    "utm_content",
-    "utm_term",
+    *UTM_FIELDS,
 )
 # Our own static stylesheet, inlined (no external assets) and allowed by its hash; never user data.
 STYLE = Markup((Path(__file__).parent / "templates" / "lead_form.css").read_text())  # noqa: S704 (our file)
