@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help install run test bench lint migrate rollback api-key revoke-key
+.PHONY: help install run test bench ledger lint migrate rollback api-key revoke-key
 
 help: ## list the tasks
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -22,6 +22,12 @@ run: install ## serve on http://127.0.0.1:$${PORT:-8000} under gunicorn (finds o
 
 test: install ## run the test suite against real PostgreSQL and Redis
 	$(PY) -m pytest
+
+bench: install ## benchmark redirects and link creation with wrk (own database and Redis prefix; ~1 min)
+	$(PY) -m tests.bench.run
+
+ledger: install ## the click ledger: every X-Click-Id a client got is stored once, through restarts
+	$(PY) -m pytest -q -s tests/test_ledger.py
 
 lint: install ## ruff lint and format check
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -9,6 +9,9 @@
 --                                count a thread starts over and counts those requests in `repeats`.
 --   post <api key>               POST /api/v1/links with a JSON body (a new link with a generated slug each time).
 --
+-- Environment: CHATLINK_BENCH_PACE_MS=<ms> makes every connection wait a random 0..2x<ms> (mean <ms>) before each
+-- request, for latency at a chosen rate instead of at saturation (wrk measures latency without that wait).
+--
 -- done() prints machine-readable lines that run.py parses:
 --   bench-status <code> <count>   (one per status code seen)
 --   bench-repeats <n>
@@ -34,6 +37,14 @@ local function get_headers(n)
     ["Accept"] = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
     ["Accept-Language"] = "pt-BR,pt;q=0.9,en;q=0.8",
   }
+end
+
+-- Read at load time in every Lua state: wrk decides once whether the script has a delay().
+local pace = tonumber(os.getenv("CHATLINK_BENCH_PACE_MS") or "")
+if pace and pace > 0 then
+  function delay()
+    return math.floor(math.random() * 2 * pace)
+  end
 end
 
 -- Setup phase (main Lua state): number the threads and keep them for done().

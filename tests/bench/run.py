@@ -4,22 +4,26 @@
 #
 # * PostgreSQL and Redis are the local ones (or embedded, as for `make test`): the harness creates and
 #   migrates database chatlink_bench_<random>, writes Redis keys only under chatlink-bench-<random>:, and
-#   drops / deletes both at the end, also after a failure or Ctrl-C.
+#   drops / deletes both at the end, also after a failure, Ctrl-C or SIGTERM.
 # * Servers run one at a time so that only one of them competes with wrk for the CPUs: first the baseline
 #   (tests/bench/baseline_app.py: Flask answering a fixed 302, no I/O) with exactly the plain settings of
 #   gunicorn.conf.py (copied into a temporary config without its start-up hooks), then Chatlink with
 #   gunicorn.conf.py itself. WEB_CONCURRENCY, WORKER_THREADS and GUNICORN_CMD_ARGS reach both alike.
+#   Load starts only once every worker has booted (see Server.settle).
 # * Scenarios, each one wrk run of BENCH_DURATION with BENCH_CONNECTIONS connections over BENCH_THREADS threads:
 #     (a) GET /<slug> on the baseline;
 #     (b) GET /<slug> on Chatlink, cycling through BENCH_LINKS links created through the API and then requested
-#         once each, so every request is a Redis cache hit;
+#         once each, so every request is a Redis cache hit; then the same paced to about half of that rate,
+#         for latency below saturation;
 #     (c) GET /<slug> on Chatlink where every request is a cache miss: links inserted straight into PostgreSQL
 #         (never cached, never requested) and walked through once each, in order, by all wrk threads together;
 #         enough of them are inserted right before the run (from (b)'s rate, an upper bound for (c)'s) that
-#         no slug is requested twice; the script counts any repeat and the harness checks how many link
-#         entries the run left in Redis, which is how many slugs missed;
+#         no slug is requested twice; the script counts any repeat and the harness counts the Redis entries
+#         the run created for those slugs, which is how many slugs missed;
 #     (d) POST /api/v1/links with an API key: a new link with a generated slug per request.
 # * Rate limits are off (RATE_LIMITS_ENABLED=0) and so is the access log (ACCESS_LOG=0).
+# * CPU use of PostgreSQL + Redis and of unrelated processes is measured per run from /proc; a busy machine
+#   is reported, since it understates every figure.
 # * The exit status is non-zero only when the harness itself fails; missed targets are reported, not fatal.
 
 from __future__ import annotations
@@ -118,6 +122,7 @@ class Result:
     repeats: int
     errors: dict[str, int]
     output: str = field(repr=False)
+    cpu: CpuShare | None = None
 
     def status_text(self) -> str:
         return " ".join(f"{code}={n}" for code, n in sorted(self.statuses.items())) or "none"
@@ -125,6 +130,84 @@ class Result:
     def error_text(self) -> str:
         errors = {k: v for k, v in self.errors.items() if v and k != "status"}  # status = 4xx/5xx, shown above
         return " ".join(f"{k}={v}" for k, v in errors.items())
+
+
+# --- who used the CPUs during a run ----------------------------------------------------------------------------
+
+SERVICE_COMMANDS = ("postgres", "redis-server")
+OTHER_CPU_WARNING = 0.15  # CPUs used by unrelated processes during a run above which its figures are suspect
+
+
+@dataclass(frozen=True)
+class CpuShare:
+    """CPUs (1.0 = one CPU busy for the whole run) used by the harness tree, PostgreSQL + Redis, and the rest."""
+
+    ours: float
+    services: float
+    other: float
+
+
+def _process_times() -> dict[int, tuple[int, int, str]]:
+    """pid -> (ppid, user + system clock ticks, command name) for every process, from /proc."""
+    found = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue  # exited meanwhile
+        name = raw[raw.index("(") + 1 : raw.rindex(")")]
+        fields = raw[raw.rindex(")") + 2 :].split()
+        found[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]), name)
+    return found
+
+
+def _reaped_children_seconds() -> float:
+    times = os.times()
+    return times.children_user + times.children_system
+
+
+def _busy_ticks() -> int:
+    """Ticks all processes ran (interrupt and steal time are charged to none, so they are left out)."""
+    user, nice, system = map(int, Path("/proc/stat").read_text().split()[1:4])
+    return user + nice + system
+
+
+class CpuMeter:
+    """Measures, on Linux, how much CPU unrelated processes took while wrk ran: they distort the figures."""
+
+    def __init__(self) -> None:
+        self.enabled = Path("/proc/stat").exists()
+        if self.enabled:
+            self.started = time.monotonic()
+            self.busy = _busy_ticks()
+            self.processes = _process_times()
+            self.reaped = _reaped_children_seconds()
+
+    def share(self) -> CpuShare | None:
+        if not self.enabled:
+            return None
+        seconds = time.monotonic() - self.started
+        busy = _busy_ticks() - self.busy
+        now = _process_times()
+        children: dict[int, list[int]] = {}
+        for pid, (ppid, _, _) in now.items():
+            children.setdefault(ppid, []).append(pid)
+        ours, todo = set(), [os.getpid()]
+        while todo:
+            pid = todo.pop()
+            ours.add(pid)
+            todo.extend(children.get(pid, []))
+        ticks = {pid: total - self.processes.get(pid, (0, 0, ""))[1] for pid, (_, total, _) in now.items()}
+        ours_ticks = sum(ticks[pid] for pid in ours)
+        ours_ticks += (_reaped_children_seconds() - self.reaped) * os.sysconf("SC_CLK_TCK")  # wrk, once it exited
+        service_ticks = sum(t for pid, t in ticks.items() if pid not in ours and now[pid][2] in SERVICE_COMMANDS)
+        # Kernel threads (children of kthreadd, pid 2) mostly move this run's loopback packets (ksoftirqd).
+        kernel_ticks = sum(t for pid, t in ticks.items() if pid == 2 or now[pid][0] == 2)
+        hertz = os.sysconf("SC_CLK_TCK") * seconds
+        other = max(0, busy - ours_ticks - service_ticks - kernel_ticks)
+        return CpuShare(ours_ticks / hertz, service_ticks / hertz, other / hertz)
 
 
 # --- wrk ------------------------------------------------------------------------------------------------------
@@ -174,8 +257,8 @@ def parse_wrk(name: str, output: str) -> Result:
     )
 
 
-def run_wrk(wrk: str, options: Options, name: str, url: str, *script_args: str) -> Result:
-    """One wrk run against url with counter.lua in the given mode."""
+def run_wrk(wrk: str, options: Options, name: str, url: str, *script_args: str, pace_ms: float = 0) -> Result:
+    """One wrk run against url with counter.lua in the given mode; pace_ms: mean wait before each request."""
     command = [
         wrk,
         f"-t{options.threads}",
@@ -191,10 +274,13 @@ def run_wrk(wrk: str, options: Options, name: str, url: str, *script_args: str) 
         *script_args,
     ]
     print(f"  running {name} for {options.duration_s}s ...", flush=True)
-    done = subprocess.run(command, capture_output=True, text=True, timeout=options.duration_s + 60)
+    meter = CpuMeter()
+    env = {**os.environ, "CHATLINK_BENCH_PACE_MS": f"{pace_ms:.1f}" if pace_ms else ""}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=options.duration_s + 60, env=env)
     if done.returncode != 0:
         raise BenchError(f"wrk failed for {name} (exit {done.returncode}):\n{done.stdout}{done.stderr}")
     result = parse_wrk(name, done.stdout)
+    result.cpu = meter.share()
     if result.requests == 0:
         raise BenchError(f"wrk completed no request for {name}:\n{done.stdout}{done.stderr}")
     return result
@@ -229,7 +315,10 @@ def production_settings(env: dict[str, str]) -> dict[str, object]:
 def write_baseline_config(settings: dict[str, object], path: Path) -> None:
     """A gunicorn config with the production settings and none of its hooks (the baseline needs no services)."""
     lines = ['"""gunicorn settings copied from gunicorn.conf.py for the benchmark baseline."""', ""]
-    lines += [f"{name} = {value!r}" for name, value in sorted(settings.items())]
+    lines += [f"{name} = {value!r}" for name, value in sorted(settings.items()) if name != "bind"]
+    # bind follows PORT as in gunicorn.conf.py: each server gets its own free port.
+    host = str(settings.get("bind", "0.0.0.0:8000")).rpartition(":")[0]
+    lines += ["import os", f'bind = "{host}:" + os.environ["PORT"]']
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -241,11 +330,12 @@ class Server:
         self.port = localservices.free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
+        self.log_file = log_path.open("wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", *args],
             cwd=ROOT,
             env={**os.environ, **env, "PORT": str(self.port)},
-            stdout=log_path.open("wb"),
+            stdout=self.log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C reaches the harness, which stops the server itself
         )
@@ -260,6 +350,29 @@ class Server:
                 self.stop()
                 raise BenchError(f"{label}: gunicorn did not start; its log:\n{self.log()}")
             time.sleep(0.1)
+        self.settle()
+
+    def settle(self, timeout: float = 30) -> None:
+        """Wait until every worker has booted: the first one answering does not mean the others accept yet.
+
+        Keep-alive connections stay with the worker that accepted them, so load started while only one worker is
+        up runs on one process (one CPU) for the whole run: the figures come out about halved, or not, by chance.
+        Booted means: the set of workers has not changed and they have used (almost) no CPU for a second.
+        """
+        if not Path("/proc/stat").exists():
+            time.sleep(3)
+            return
+        deadline = time.monotonic() + timeout
+        previous, quiet = None, 0
+        while time.monotonic() < deadline and quiet < 4:
+            time.sleep(0.25)
+            workers = {pid: t for pid, (ppid, t, _) in _process_times().items() if ppid == self.process.pid}
+            if previous is not None and workers.keys() == previous.keys() and workers:
+                busy = sum(workers.values()) - sum(previous.values())
+                quiet = quiet + 1 if busy <= 2 else 0  # clock ticks (1/100 s) in 0.25 s over all workers
+            else:
+                quiet = 0
+            previous = workers
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -272,6 +385,7 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self.log_file.close()
 
 
 # --- data -----------------------------------------------------------------------------------------------------
@@ -354,18 +468,33 @@ def check_clicks_recorded(owner_url: str, expected_302s: int, in_flight: int = 0
 TITLES = {
     "a": "(a) baseline: bare Flask, fixed 302",
     "b": "(b) GET /<slug>, cached link",
+    "b2": "(b) at half its rate (paced)",
     "c": "(c) GET /<slug>, cache miss",
     "d": "(d) POST /api/v1/links",
 }
 
 
 def report(results: dict[str, Result]) -> list[str]:
-    lines = [f"{'scenario':<38} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}  status codes"]
+    lines = [f"{'scenario':<38} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'pg+redis':>8} {'other':>6}  status codes"]
+    disturbed = []
     for key, result in results.items():
         errors = result.error_text()
+        services = f"{result.cpu.services:.2f}" if result.cpu else "n/a"
+        other = f"{result.cpu.other:.2f}" if result.cpu else "n/a"
+        if result.cpu and result.cpu.other > OTHER_CPU_WARNING:
+            disturbed.append(f"({key})")
         lines.append(
-            f"{TITLES[key]:<38} {result.rps:>9.1f} {result.p50_ms:>8.2f} {result.p99_ms:>8.2f}  "
-            f"{result.status_text()}{'  socket errors: ' + errors if errors else ''}"
+            f"{TITLES[key]:<38} {result.rps:>9.1f} {result.p50_ms:>8.2f} {result.p99_ms:>8.2f} "
+            f"{services:>8} {other:>6}  {result.status_text()}{'  socket errors: ' + errors if errors else ''}"
+        )
+    lines.append(
+        "pg+redis, other: CPUs (1.00 = one CPU for the whole run) used by PostgreSQL + Redis, and by processes "
+        "other than those, this harness, its gunicorn, wrk and kernel threads"
+    )
+    if disturbed:
+        lines.append(
+            f"WARNING: other processes took over {OTHER_CPU_WARNING} CPU during {', '.join(disturbed)}: "
+            "those figures are understated; rerun on an idle machine"
         )
     lines.append("")
     base = results.get("a")
@@ -378,10 +507,11 @@ def report(results: dict[str, Result]) -> list[str]:
                     verdict = "met" if ratio >= TARGET_RATIO_B else "MISSED"
                     target = f"   target (b) >= {TARGET_RATIO_B} x (a): {verdict}"
                 lines.append(f"{key} / a = {ratio:.2f} x{target}")
-    if "b" in results:
-        p99 = results["b"].p99_ms
-        verdict = "met" if p99 < TARGET_P99_B_MS else "MISSED"
-        lines.append(f"p99 of (b) = {p99:.2f} ms   target p99 of (b) < {TARGET_P99_B_MS:g} ms: {verdict}")
+    for key, load in (("b", "at saturation"), ("b2", f"at {results['b2'].rps:.0f} req/s" if "b2" in results else "")):
+        if key in results:
+            p99 = results[key].p99_ms
+            verdict = "met" if p99 < TARGET_P99_B_MS else "MISSED"
+            lines.append(f"p99 of (b) {load} = {p99:.2f} ms   target p99 of (b) < {TARGET_P99_B_MS:g} ms: {verdict}")
     return lines
 
 
@@ -395,7 +525,7 @@ def main() -> int:
         options = Options.from_env()
         wrk = ensure_wrk()
         with contextlib.ExitStack() as cleanup:
-            run(options, wrk, cleanup)
+            Bench(options, wrk, cleanup).run()
     except BenchError as exc:
         print(f"\nbench: FAILED: {exc}", file=sys.stderr)
         return 1
@@ -403,135 +533,158 @@ def main() -> int:
     return 0
 
 
-def run(options: Options, wrk: str, cleanup: contextlib.ExitStack) -> None:
-    run_id = secrets.token_hex(5)
-    workdir = Path(tempfile.mkdtemp(prefix="chatlink-bench-"))
-    cleanup.callback(shutil.rmtree, workdir, ignore_errors=True)
+class Bench:
+    """One benchmark run: its database, Redis prefix, servers and results; everything it made goes on cleanup."""
 
-    # Our own database and Redis namespace, dropped / deleted however the run ends.
-    pg_server, pg_how = localservices.server_url(ROOT / ".data")
-    redis_url, redis_how = localservices.redis_url(ROOT / ".data")
-    dbname, prefix = f"chatlink_bench_{run_id}", f"chatlink-bench-{run_id}:"
-    localservices.create_database(pg_server, dbname)
-    cleanup.callback(localservices.drop_database, pg_server, dbname)
-    owner_url = localservices.with_database(pg_server, dbname)
-    applied = migrations.migrate(owner_url)
-    redis_client = redis.Redis.from_url(redis_url)
-    cleanup.callback(redis_client.close)
-    cleanup.callback(delete_keys, redis_client, prefix)
+    def __init__(self, options: Options, wrk: str, cleanup: contextlib.ExitStack) -> None:
+        self.options, self.wrk, self.cleanup = options, wrk, cleanup
+        self.run_id = secrets.token_hex(5)
+        self.workdir = Path(tempfile.mkdtemp(prefix="chatlink-bench-"))
+        cleanup.callback(shutil.rmtree, self.workdir, ignore_errors=True)
+        self.results: dict[str, Result] = {}
+        self.notes: list[str] = []
 
-    env = {
-        "DATABASE_URL": owner_url,
-        "APP_DATABASE_URL": "",
-        "REDIS_URL": redis_url,
-        "KEY_PREFIX": prefix,
-        "BASE_URL": "",
-        "RATE_LIMITS_ENABLED": "0",
-        "ACCESS_LOG": "0",
-        "LOG_LEVEL": os.environ.get("LOG_LEVEL", "warning"),
-    }
-    settings = production_settings(env)
-    baseline_conf = workdir / "baseline.conf.py"
-    write_baseline_config(settings, baseline_conf)
+        # Our own database and Redis namespace, dropped / deleted however the run ends.
+        pg_server, self.pg_how = localservices.server_url(ROOT / ".data")
+        redis_url, self.redis_how = localservices.redis_url(ROOT / ".data")
+        self.dbname, self.prefix = f"chatlink_bench_{self.run_id}", f"chatlink-bench-{self.run_id}:"
+        localservices.create_database(pg_server, self.dbname)
+        cleanup.callback(localservices.drop_database, pg_server, self.dbname)
+        self.owner_url = localservices.with_database(pg_server, self.dbname)
+        self.applied = migrations.migrate(self.owner_url)
+        self.redis = redis.Redis.from_url(redis_url)
+        cleanup.callback(self.redis.close)
+        cleanup.callback(delete_keys, self.redis, self.prefix)
 
-    version = subprocess.run([wrk, "-v"], capture_output=True, text=True).stdout.split(" [")[0]
-    print(f"Chatlink benchmark: {os.cpu_count()} CPUs, {version}")
-    print(f"  PostgreSQL: {pg_how}, database {dbname} (migrations: {', '.join(applied)})")
-    print(f"  Redis: {redis_how}, key prefix {prefix}")
-    print(
-        f"  gunicorn (both servers): worker_class={settings.get('worker_class')} workers={settings.get('workers')} "
-        f"threads={settings.get('threads')} keepalive={settings.get('keepalive')}"
-        + (f" GUNICORN_CMD_ARGS={os.environ['GUNICORN_CMD_ARGS']!r}" if os.environ.get("GUNICORN_CMD_ARGS") else "")
-    )
-    print(
-        f"  wrk: {options.threads} threads, {options.connections} connections, {options.duration_s}s per scenario; "
-        f"scenarios {', '.join(options.scenarios)}",
-        flush=True,
-    )
+        self.env = {
+            "DATABASE_URL": self.owner_url,
+            "APP_DATABASE_URL": "",
+            "REDIS_URL": redis_url,
+            "KEY_PREFIX": self.prefix,
+            "BASE_URL": "",
+            "RATE_LIMITS_ENABLED": "0",
+            "ACCESS_LOG": "0",
+            "LOG_LEVEL": os.environ.get("LOG_LEVEL", "warning"),
+        }
+        self.settings = production_settings(self.env)
 
-    results: dict[str, Result] = {}
-    notes: list[str] = []
+    def run(self) -> None:
+        self.print_header()
+        if "a" in self.options.scenarios:
+            self.measure_baseline()
+        if set(self.options.scenarios) & set("bcd"):
+            self.measure_chatlink()
+        print()
+        for line in report(dict(sorted(self.results.items()))) + self.notes:
+            print(line)
 
-    def server(label: str, args: list[str]) -> Server:
-        started = Server(label, args, env, workdir / f"{label}.log")
-        cleanup.callback(started.stop)
-        return started
-
-    # (a) the baseline, alone.
-    if "a" in options.scenarios:
-        print("\nbaseline (tests/bench/baseline_app.py):", flush=True)
-        baseline = server("baseline", ["-c", str(baseline_conf), "tests.bench.baseline_app:app"])
-        slugs_file = workdir / "baseline-slugs.txt"
-        slugs_file.write_text("\n".join(f"base{i:05d}" for i in range(options.links)) + "\n")
-        results["a"] = run_wrk(wrk, options, "(a)", baseline.url, "list", str(slugs_file))
-        baseline.stop()
-
-    if not set(options.scenarios) & set("bcd"):
-        print_report(results, notes)
-        return
-
-    # Chatlink itself: seed, warm, measure.
-    print("\nChatlink (gunicorn.conf.py, wsgi:app):", flush=True)
-    chatlink = server("chatlink", ["-c", "gunicorn.conf.py", "wsgi:app"])
-    with psycopg.connect(owner_url) as conn:
-        key = issue_key(conn, f"bench-{run_id}")
-    served_302 = warmed = 0
-    if "b" in options.scenarios:
-        t0 = time.monotonic()
-        slugs = create_links(chatlink.url, key, options.links)
-        t1 = time.monotonic()
-        warmed = warm_cache(chatlink.url, slugs)
-        served_302 += warmed
+    def print_header(self) -> None:
+        version = subprocess.run([self.wrk, "-v"], capture_output=True, text=True).stdout.split(" [")[0]
+        settings, options = self.settings, self.options
+        cmd_args = os.environ.get("GUNICORN_CMD_ARGS")
+        print(f"Chatlink benchmark: {os.cpu_count()} CPUs, {version}")
+        print(f"  PostgreSQL: {self.pg_how}, database {self.dbname} (migrations: {', '.join(self.applied)})")
+        print(f"  Redis: {self.redis_how}, key prefix {self.prefix}")
         print(
-            f"  seeded {len(slugs)} links through the API in {t1 - t0:.1f}s, warmed the cache with {warmed} "
-            f"redirects in {time.monotonic() - t1:.1f}s",
+            f"  gunicorn (both servers): worker_class={settings.get('worker_class')} workers={settings.get('workers')}"
+            f" threads={settings.get('threads')} keepalive={settings.get('keepalive')}"
+            + (f", GUNICORN_CMD_ARGS={cmd_args!r}" if cmd_args else "")
+        )
+        print(
+            f"  wrk: {options.threads} threads, {options.connections} connections, {options.duration_s}s per "
+            f"scenario; scenarios {', '.join(options.scenarios)}",
             flush=True,
         )
-        slugs_file = workdir / "slugs.txt"
-        slugs_file.write_text("\n".join(slugs) + "\n")
-        results["b"] = run_wrk(wrk, options, "(b)", chatlink.url, "list", str(slugs_file))
-        served_302 += results["b"].statuses.get(302, 0)
 
-    if "c" in options.scenarios:
-        # Each request a first-time miss: more never-requested links than (b)'s rate could get through.
-        ceiling = results["b"].rps if "b" in results else 5000
-        count = options.miss_links or max(20_000, int(ceiling * options.duration_s * 1.25))
-        t0 = time.monotonic()
-        insert_miss_links(owner_url, key, count)
-        print(f"  inserted {count} never-requested links into PostgreSQL in {time.monotonic() - t0:.1f}s", flush=True)
-        before = count_keys(redis_client, f"{prefix}link:{MISS_PREFIX}*")
-        results["c"] = run_wrk(wrk, options, "(c)", chatlink.url, "seq", MISS_PREFIX, str(count), str(options.threads))
-        served_302 += results["c"].statuses.get(302, 0)
-        missed = count_keys(redis_client, f"{prefix}link:{MISS_PREFIX}*") - before
-        notes.append(
-            f"(c) cache misses: {missed} slugs were read from PostgreSQL for {results['c'].requests} answered "
-            f"requests ({results['c'].repeats} requests repeated a slug)"
-        )
-        if results["c"].repeats:
-            notes.append("    WARNING: (c) ran out of never-requested slugs; raise BENCH_MISS_LINKS")
+    def server(self, label: str, args: list[str]) -> Server:
+        started = Server(label, args, self.env, self.workdir / f"{label}.log")
+        self.cleanup.callback(started.stop)
+        return started
 
-    if served_302:
-        in_flight = options.connections * sum(1 for k in "bc" if k in results)
-        notes.append(
-            f"302 responses in (b)+(c): {served_302 - warmed}"
-            + (f" (+{warmed} from the cache warm-up = {served_302} redirects in all)" if warmed else "")
-        )
-        notes.append(check_clicks_recorded(owner_url, served_302, in_flight))
+    def wrk_run(self, name: str, url: str, *script_args: str, pace_ms: float = 0) -> Result:
+        return run_wrk(self.wrk, self.options, name, url, *script_args, pace_ms=pace_ms)
 
-    if "d" in options.scenarios:
-        results["d"] = run_wrk(wrk, options, "(d)", chatlink.url, "post", key)
+    def measure_baseline(self) -> None:
+        """(a): the bare app under the same gunicorn settings, alone on the machine."""
+        print("\nbaseline (tests/bench/baseline_app.py):", flush=True)
+        conf = self.workdir / "baseline.conf.py"
+        write_baseline_config(self.settings, conf)
+        baseline = self.server("baseline", ["-c", str(conf), "tests.bench.baseline_app:app"])
+        slugs_file = self.workdir / "baseline-slugs.txt"
+        slugs_file.write_text("\n".join(f"base{i:05d}" for i in range(self.options.links)) + "\n")
+        self.results["a"] = self.wrk_run("(a)", baseline.url, "list", str(slugs_file))
+        baseline.stop()
 
-    chatlink.stop()
-    print_report(dict(sorted(results.items())), notes)
-    errors = [line for line in chatlink.log().splitlines() if "Traceback" in line or "[ERROR]" in line]
-    if errors:
-        print(f"\nnote: the Chatlink server logged {len(errors)} error lines; first: {errors[0]}")
+    def measure_chatlink(self) -> None:
+        """(b), (c), (d) against gunicorn.conf.py serving wsgi:app; its log's tail joins any failure."""
+        print("\nChatlink (gunicorn.conf.py, wsgi:app):", flush=True)
+        chatlink = self.server("chatlink", ["-c", "gunicorn.conf.py", "wsgi:app"])
+        try:
+            self.chatlink_scenarios(chatlink.url)
+        except BenchError as exc:
+            tail = "\n".join(chatlink.log().splitlines()[-40:])
+            raise BenchError(f"{exc}\n--- the last lines of the Chatlink server's log ---\n{tail}") from None
+        chatlink.stop()
+        errors = [line for line in chatlink.log().splitlines() if "Traceback" in line or "[ERROR]" in line]
+        if errors:
+            self.notes.append(f"note: the Chatlink server logged {len(errors)} error lines; first: {errors[0]}")
 
+    def chatlink_scenarios(self, url: str) -> None:
+        options, results = self.options, self.results
+        with psycopg.connect(self.owner_url) as conn:
+            key = issue_key(conn, f"bench-{self.run_id}")
+        served_302 = warmed = 0
+        if "b" in options.scenarios:
+            t0 = time.monotonic()
+            slugs = create_links(url, key, options.links)
+            t1 = time.monotonic()
+            warmed = warm_cache(url, slugs)
+            served_302 += warmed
+            print(
+                f"  seeded {len(slugs)} links through the API in {t1 - t0:.1f}s, warmed the cache with {warmed} "
+                f"redirects in {time.monotonic() - t1:.1f}s",
+                flush=True,
+            )
+            slugs_file = self.workdir / "slugs.txt"
+            slugs_file.write_text("\n".join(slugs) + "\n")
+            results["b"] = self.wrk_run("(b)", url, "list", str(slugs_file))
+            served_302 += results["b"].statuses.get(302, 0)
+            # Latency below saturation: the same requests with each connection waiting so that together they
+            # offer about half of (b)'s throughput (under saturation, latency is mostly queueing: connections/rate).
+            pace_ms = 1000 * options.connections / (results["b"].rps / 2)
+            results["b2"] = self.wrk_run("(b) at half rate", url, "list", str(slugs_file), pace_ms=pace_ms)
+            served_302 += results["b2"].statuses.get(302, 0)
 
-def print_report(results: dict[str, Result], notes: list[str]) -> None:
-    print()
-    for line in report(results) + notes:
-        print(line)
+        if "c" in options.scenarios:
+            # Each request a first-time miss: more never-requested links than (b)'s rate could get through.
+            ceiling = results["b"].rps if "b" in results else 5000
+            count = options.miss_links or max(20_000, int(ceiling * options.duration_s * 1.25))
+            count = min(count, 9_999_999)  # slugs carry 7 digits
+            t0 = time.monotonic()
+            insert_miss_links(self.owner_url, key, count)
+            print(f"  inserted {count} never-requested links into PostgreSQL in {time.monotonic() - t0:.1f}s")
+            pattern = f"{self.prefix}*{MISS_PREFIX}*"  # the cache entries those slugs get when first requested
+            before = count_keys(self.redis, pattern)
+            results["c"] = self.wrk_run("(c)", url, "seq", MISS_PREFIX, str(count), str(options.threads))
+            served_302 += results["c"].statuses.get(302, 0)
+            missed = count_keys(self.redis, pattern) - before
+            self.notes.append(
+                f"(c) cache misses: {missed} slugs got a Redis entry (read from PostgreSQL) during the run, for "
+                f"{results['c'].requests} answered requests; {results['c'].repeats} requests repeated a slug"
+            )
+            if results["c"].repeats:
+                self.notes.append("    WARNING: (c) ran out of never-requested slugs; raise BENCH_MISS_LINKS")
+
+        if served_302:
+            in_flight = options.connections * sum(1 for k in ("b", "b2", "c") if k in results)
+            self.notes.append(
+                f"302 responses in (b)+(c) (with (b) at half rate): {served_302 - warmed}"
+                + (f" (+{warmed} from the cache warm-up = {served_302} redirects in all)" if warmed else "")
+            )
+            self.notes.append(check_clicks_recorded(self.owner_url, served_302, in_flight))
+
+        if "d" in options.scenarios:
+            results["d"] = self.wrk_run("(d)", url, "post", key)
 
 
 def delete_keys(client: redis.Redis, prefix: str) -> None:
