@@ -57,7 +57,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     drainer_db = Database(conninfo, size=2, timeout_ms=max(settings.db_timeout_ms, 10000), setup_sql=STAGING_DDL)
     drainer_db.open()
     drainer = clicks.Drainer(
-        cache, drainer_db, spool, batch=settings.drain_batch, reclaim_idle_ms=settings.reclaim_idle_ms
+        cache,
+        drainer_db,
+        spool,
+        batch=settings.drain_batch,
+        reclaim_idle_ms=settings.reclaim_idle_ms,
+        gather_ms=settings.drain_gather_ms,
     )
     app.extensions.update(
         db=db,

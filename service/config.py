@@ -96,6 +96,7 @@ class Settings:
     honor_dnt: bool = env("0", _bool, "1: do not record clicks that send DNT: 1 or Sec-GPC: 1.")
     drain_clicks: bool = env("1", _bool, "Run the click drainer thread in each worker.")
     drain_batch: int = env("2000", _int(1, 100000), "Clicks moved to PostgreSQL per batch.")
+    drain_gather_ms: int = env("250", _int(0, 10000), "Wait between partial batches so clicks gather.")
     reclaim_idle_ms: int = env(
         "30000", _int(100, 3600000), "Idle time before another worker takes over unacked clicks."
     )
@@ -110,7 +111,7 @@ class Settings:
     whatsapp_api_base: str = env(
         "https://graph.facebook.com/v21.0", _url("http", "https"), "WhatsApp Cloud API base URL."
     )
-    web_concurrency: int = env("4", _int(1, 64), "gunicorn worker processes.")
+    web_concurrency: int = env("2", _int(1, 64), "gunicorn worker processes.")
     worker_threads: int = env("4", _int(1, 64), "Threads per gunicorn worker (gthread).")
     gunicorn_timeout: int = env("30", _int(1, 3600), "Seconds before gunicorn restarts a stuck worker.")
     access_log: bool = env("1", _bool, "Write gunicorn's access log (without client addresses).")

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import json
 import os
 import re
 import runpy
@@ -46,10 +47,14 @@ from pathlib import Path
 import psycopg
 import redis
 import requests
+import uuid6
 from gunicorn.config import KNOWN_SETTINGS
 
 from service import localservices, migrations
 from service.auth import issue_key
+from service.cache import Cache
+from service.clicks import STAGING_DDL, Drainer, Spool
+from service.db import Database, app_conninfo
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -58,6 +63,12 @@ MISS_PREFIX = "bench-miss-"
 CLICK_WAIT_SECONDS = 60
 TARGET_RATIO_B = 0.8
 TARGET_P99_B_MS = 10.0
+AGENTS = (
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.0 "
+    "Mobile/15E148 Safari/604.1",
+    "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Mobile Safari/537.36",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36",
+)
 
 
 class BenchError(RuntimeError):
@@ -574,6 +585,8 @@ class Bench:
             self.measure_baseline()
         if set(self.options.scenarios) & set("bcd"):
             self.measure_chatlink()
+        if set(self.options.scenarios) & set("bc"):
+            self.measure_drain_rate()
         print()
         for line in report(dict(sorted(self.results.items()))) + self.notes:
             print(line)
@@ -685,6 +698,62 @@ class Bench:
 
         if "d" in options.scenarios:
             results["d"] = self.wrk_run("(d)", url, "post", key)
+
+    def measure_drain_rate(self, clicks: int = 60_000, batch: int = 5000) -> None:
+        """(e): how fast the service's own Drainer moves a backlog of clicks from the Redis stream into PostgreSQL."""
+        print(f"\ndrain rate: {clicks} clicks queued on a stream of their own, then drained", flush=True)
+        with psycopg.connect(self.owner_url) as conn:
+            links = conn.execute("select id, account_id from links order by id limit 200").fetchall()
+            before = conn.execute("select count(*) from clicks").fetchone()[0]
+        if not links:
+            raise BenchError("the drain-rate measurement needs links: run it with scenario b or c")
+        cache = Cache(
+            self.env["REDIS_URL"],
+            prefix=f"{self.prefix}drain:",
+            timeout_ms=2000,
+            breaker_seconds=1,
+            link_ttl=60,
+            not_found_ttl=60,
+        )
+        db = Database(app_conninfo(self.owner_url), size=2, timeout_ms=30_000, setup_sql=STAGING_DDL)
+        db.open()
+        self.cleanup.callback(db.close)
+        drainer = Drainer(cache, db, Spool(self.workdir / "spool"), batch=batch, reclaim_idle_ms=60_000)
+        drainer.ensure_group()
+        with drainer.redis.pipeline(transaction=False) as pipe:
+            for i in range(clicks):
+                link_id, account_id = links[i % len(links)]
+                click = {
+                    "id": str(uuid6.uuid7()),
+                    "ts": time.time(),
+                    "ref": "https://l.instagram.com/",
+                    "ua": AGENTS[i % len(AGENTS)],
+                    "bot": False,
+                    "cc": "BR",
+                    "vid": f"{i % 5000:032x}",
+                    "utm_source": "ig",
+                    "utm_campaign": "bench",
+                }
+                pipe.xadd(drainer.stream, {"l": link_id, "a": account_id, "d": json.dumps(click)})
+                if i % 5000 == 4999:
+                    pipe.execute()
+            pipe.execute()
+        started = time.monotonic()
+        moved = 0
+        while moved < clicks:
+            step = drainer.drain_once()
+            if not step:
+                break
+            moved += step
+        elapsed = time.monotonic() - started
+        with psycopg.connect(self.owner_url) as conn:
+            stored = conn.execute("select count(*) from clicks").fetchone()[0] - before
+        rate = stored / elapsed if elapsed else 0.0
+        self.notes.append(
+            f"drain rate: {stored} of {clicks} queued clicks moved into PostgreSQL in {elapsed:.2f}s = "
+            f"{rate:,.0f} clicks/s (batches of {batch})   target >= 20,000 clicks/s: "
+            f"{'met' if rate >= 20_000 else 'MISSED'}"
+        )
 
 
 def delete_keys(client: redis.Redis, prefix: str) -> None:
