@@ -3,7 +3,9 @@
 import logging
 import os
 import re
+import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from service import localservices, migrations
@@ -58,3 +60,44 @@ def on_starting(server):
     os.environ.update(localservices.resolve_for_run(Path(__file__).resolve().parent / ".data"))
     applied = migrations.migrate(os.environ["DATABASE_URL"])
     server.log.info("migrations applied: %s", ", ".join(applied) if applied else "none pending")
+
+
+class Background:
+    """Keeps `python -m service.background` (click drainer, outbox deliverer) running beside the workers."""
+
+    def __init__(self) -> None:
+        self.process: subprocess.Popen | None = None
+        self.stopping = threading.Event()
+
+    def supervise(self, server) -> None:
+        while not self.stopping.is_set():
+            self.process = subprocess.Popen([sys.executable, "-m", "service.background"])
+            server.log.info("background process (click drainer, outbox deliverer) started: pid %s", self.process.pid)
+            status = self.process.wait()
+            if not self.stopping.is_set():
+                # Its unacknowledged clicks stay pending in Redis; the new one reclaims them after RECLAIM_IDLE_MS.
+                server.log.warning("background process exited with %s; starting a new one", status)
+                self.stopping.wait(1)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+background = Background()
+
+
+def when_ready(server):
+    """Once the workers are up: start the background process, unless both of its jobs are switched off."""
+    if settings.drain_clicks or settings.deliver_events:
+        threading.Thread(target=background.supervise, args=(server,), name="background", daemon=True).start()
+
+
+def on_exit(server):
+    """Stop the background process with gunicorn."""
+    background.stop()

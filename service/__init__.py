@@ -8,7 +8,7 @@ from pathlib import Path
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import clicks, errors, limits, webhooks
+from . import background, clicks, errors, limits, webhooks
 from .cache import Cache
 from .clicks import STAGING_DDL
 from .config import Settings, load_settings
@@ -44,46 +44,18 @@ def create_app(settings: Settings | None = None) -> Flask:
     conninfo = app.config["APP_DATABASE_URL"]
     db = Database(conninfo, size=settings.db_pool_size, timeout_ms=settings.db_timeout_ms, setup_sql=STAGING_DDL)
     db.open()
-    cache = Cache(
-        settings.redis_url,
-        prefix=settings.key_prefix,
-        timeout_ms=settings.redis_timeout_ms,
-        breaker_seconds=settings.redis_breaker_seconds,
-        link_ttl=settings.cache_ttl_seconds,
-        not_found_ttl=settings.not_found_ttl_seconds,
-    )
-    spool = clicks.Spool(Path(settings.spool_dir))
-    # The drainer has its own connection: its batches must not wait behind, or hold up, request threads.
-    drainer_db = Database(conninfo, size=2, timeout_ms=max(settings.db_timeout_ms, 10000), setup_sql=STAGING_DDL)
-    drainer_db.open()
-    drainer = clicks.Drainer(
-        cache,
-        drainer_db,
-        spool,
-        batch=settings.drain_batch,
-        reclaim_idle_ms=settings.reclaim_idle_ms,
-        gather_ms=settings.drain_gather_ms,
-    )
+    cache = Cache.from_settings(settings)
+    # The drainer and deliverer run in the background process (service/background.py); the app holds them
+    # too so that tests, and operators from a shell, can run one step at a time.
+    drainer, deliverer = background.build(settings, cache, conninfo)
     app.extensions.update(
         db=db,
         cache=cache,
         drainer=drainer,
-        click_sink=clicks.ClickSink(db, spool),
+        deliverer=deliverer,
+        click_sink=clicks.ClickSink(db, clicks.Spool(Path(settings.spool_dir))),
         click_capture=clicks.ClickCapture(clicks.VisitorKeys(db), settings.country_header, settings.honor_dnt),
     )
-    deliverer = webhooks.Deliverer(
-        drainer_db,
-        whatsapp_base=settings.whatsapp_api_base,
-        timeout=settings.webhook_timeout_seconds,
-        max_attempts=settings.webhook_max_attempts,
-        retry_base_seconds=settings.webhook_retry_base_seconds,
-        allow_private=settings.webhook_allow_private,
-    )
-    app.extensions["deliverer"] = deliverer
-    if settings.drain_clicks:
-        drainer.start()
-    if settings.deliver_events:
-        deliverer.start()
 
     from . import analytics, health, leads, links, redirect
 

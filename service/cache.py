@@ -171,6 +171,18 @@ class Cache:
         self._lock = threading.Lock()
         self._pending_invalidations: set[str] = set()
 
+    @classmethod
+    def from_settings(cls, settings) -> Cache:
+        """The cache as the settings describe it."""
+        return cls(
+            settings.redis_url,
+            prefix=settings.key_prefix,
+            timeout_ms=settings.redis_timeout_ms,
+            breaker_seconds=settings.redis_breaker_seconds,
+            link_ttl=settings.cache_ttl_seconds,
+            not_found_ttl=settings.not_found_ttl_seconds,
+        )
+
     # --- the breaker -------------------------------------------------------------------------------------
     @property
     def available(self) -> bool:

@@ -94,7 +94,7 @@ class Settings:
         "", _header_name, "Header a trusted CDN sets to the visitor's country (e.g. CF-IPCountry)."
     )
     honor_dnt: bool = env("0", _bool, "1: do not record clicks that send DNT: 1 or Sec-GPC: 1.")
-    drain_clicks: bool = env("1", _bool, "Run the click drainer thread in each worker.")
+    drain_clicks: bool = env("1", _bool, "Run the click drainer in the background process gunicorn starts.")
     drain_batch: int = env("2000", _int(1, 100000), "Clicks moved to PostgreSQL per batch.")
     drain_gather_ms: int = env("250", _int(0, 10000), "Wait between partial batches so clicks gather.")
     reclaim_idle_ms: int = env(
@@ -103,7 +103,7 @@ class Settings:
     spool_dir: str = env(".data/spool", _text, "Where clicks wait when Redis and PostgreSQL are both down.")
     rate_limit_lead: str = env("10/minute", _rate, "Per client IP, lead form submissions.")
     lead_min_fill_seconds: int = env("2", _int(0, 60), "Lead forms sent sooner than this after display are refused.")
-    deliver_events: bool = env("1", _bool, "Run the webhook/WhatsApp outbox deliverer thread in each worker.")
+    deliver_events: bool = env("1", _bool, "Run the webhook/WhatsApp outbox deliverer in the background process.")
     webhook_timeout_seconds: int = env("5", _int(1, 60), "Timeout of one webhook or WhatsApp API call.")
     webhook_max_attempts: int = env("20", _int(1, 100), "Attempts before a delivery is marked failed.")
     webhook_retry_base_seconds: int = env("10", _int(0, 3600), "First retry delay; doubles per attempt, capped at 1 h.")

@@ -48,10 +48,12 @@ def app_conninfo(owner_url: str, app_url: str = "") -> str:
 class Database:
     """One connection pool per process, opened after gunicorn forks."""
 
-    def __init__(self, conninfo: str, *, size: int, timeout_ms: int, setup_sql: str | None = None) -> None:
+    def __init__(
+        self, conninfo: str, *, size: int, timeout_ms: int, setup_sql: str | None = None, min_size: int = 1
+    ) -> None:
         self.pool = psycopg_pool.ConnectionPool(
             conninfo,
-            min_size=1,
+            min_size=min_size,
             max_size=size,
             open=False,
             timeout=timeout_ms / 1000,

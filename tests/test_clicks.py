@@ -289,7 +289,8 @@ def test_partitions_exist_for_this_month_and_the_next_two(owner_conn):
 
 def test_the_drainer_thread_moves_clicks_without_being_asked(make_app, settings, make_link, owner_conn):
     link = make_link()
-    app = make_app(settings, drain_clicks=True)
+    app = make_app(settings)
+    app.extensions["drainer"].start()  # what the background process does
     click_id = app.test_client().get(f"/{link['slug']}").headers["X-Click-Id"]
     deadline = time.monotonic() + 15
     while not _clicks(owner_conn, link["slug"]) and time.monotonic() < deadline:

@@ -90,8 +90,17 @@ class PrivatePostgres:
         self.server.cleanup()
 
 
+def _children(server: LiveServer) -> list[psutil.Process]:
+    return psutil.Process(server.process.pid).children()
+
+
 def _gunicorn_workers(server: LiveServer) -> list[int]:
-    return [child.pid for child in psutil.Process(server.process.pid).children()]
+    return [c.pid for c in _children(server) if "service.background" not in " ".join(c.cmdline())]
+
+
+def _background_process(server: LiveServer) -> int:
+    [pid] = [c.pid for c in _children(server) if "service.background" in " ".join(c.cmdline())]
+    return pid
 
 
 def test_every_click_id_a_client_received_is_stored_exactly_once(tmp_path, key_prefix):
@@ -165,7 +174,12 @@ def test_every_click_id_a_client_received_is_stored_exactly_once(tmp_path, key_p
         wait_for(len(received) + 300)
         postgres.restart()  # PostgreSQL restarts: clicks wait in the Redis stream
         wait_for(len(received) + 300)
-        os.kill(_gunicorn_workers(server)[0], signal.SIGKILL)  # a worker dies, maybe between read and ack
+        workers = _gunicorn_workers(server)
+        os.kill(workers[0], signal.SIGKILL)  # a request worker dies mid-request
+        wait_for(len(received) + 300)
+        # The background process dies too, perhaps between XREADGROUP and XACK; gunicorn starts a new one,
+        # which reclaims what the dead one had read.
+        os.kill(_background_process(server), signal.SIGKILL)
         wait_for(len(received) + 300)
         stop.set()
         for thread in clients:

@@ -242,7 +242,8 @@ def test_a_bad_token_fails_at_once_and_is_never_logged(
 
 
 def test_delivery_happens_in_the_background_thread(make_app, settings, client, auth, make_link, receiver):
-    app = make_app(settings, lead_min_fill_seconds=0, deliver_events=True)
+    app = make_app(settings, lead_min_fill_seconds=0)
+    app.extensions["deliverer"].start()  # what the background process does
     _register(client, auth, receiver.url)
     _lead(app, make_link)
     deadline = time.monotonic() + 15
