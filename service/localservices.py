@@ -59,6 +59,8 @@ def server_url(data_dir: Path) -> tuple[str, str]:
         raise ServiceUnavailable("PostgreSQL does not answer on 127.0.0.1:5432 and REQUIRE_SERVICES is set")
     import pgserver  # imported late: only a machine without PostgreSQL pays for it
 
+    logging.getLogger("pgserver").setLevel(logging.WARNING)  # it narrates every pg_ctl call at INFO
+
     pgdata = data_dir / "postgres"
     pgdata.mkdir(parents=True, exist_ok=True)
     server = pgserver.get_server(pgdata, cleanup_mode="stop")  # stops the server at interpreter exit
