@@ -32,6 +32,11 @@ def api_key_or_ip() -> str:
     return "key:" + _keyed(header) if public_id_of(header) else client_ip()
 
 
+def storage_uri(redis_url: str) -> str:
+    """The limits library's name for the same Redis: it spells a unix socket redis+unix://."""
+    return "redis+" + redis_url if redis_url.startswith("unix://") else redis_url
+
+
 def init_app(app: Flask, settings: Settings, redis_url: str, key_prefix: str) -> Limiter:
     """One limiter per app: Redis storage that fails fast and falls back to memory, limits per blueprint."""
     timeout = settings.redis_timeout_ms / 1000
@@ -40,7 +45,7 @@ def init_app(app: Flask, settings: Settings, redis_url: str, key_prefix: str) ->
         app=app,
         enabled=settings.rate_limits_enabled,
         strategy="fixed-window",
-        storage_uri=redis_url,
+        storage_uri=storage_uri(redis_url),
         storage_options={
             "socket_timeout": timeout,
             "socket_connect_timeout": timeout,

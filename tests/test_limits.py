@@ -85,3 +85,10 @@ def test_rate_limit_counters_in_redis_never_name_the_address(app, make_app, sett
     client.get(f"/{link['slug']}", environ_base={"REMOTE_ADDR": "198.51.100.99"})
     keys = app.extensions["cache"].client.keys(f"{settings.key_prefix}*")
     assert keys and not any("198.51.100.99" in key for key in keys)
+
+
+def test_a_unix_socket_redis_url_is_spelled_for_the_limits_library():
+    from service.limits import storage_uri
+
+    assert storage_uri("unix:///run/redis.sock") == "redis+unix:///run/redis.sock"
+    assert storage_uri("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
