@@ -196,7 +196,7 @@ def submit(slug: str) -> Response:
 
 # --- the leads API ---------------------------------------------------------------------------------------------
 class LeadsQuery(ClicksQuery):
-    link = fields.String(load_default=None, validate=validate.Length(max=64))
+    link = fields.String(load_default=None, validate=validate.Regexp(r"^[A-Za-z0-9_-]{1,64}$", error="Not a slug."))
 
 
 def _lead_json(row: dict) -> dict:

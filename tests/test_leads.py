@@ -245,3 +245,8 @@ def test_removing_the_form_makes_the_link_redirect_again(lead_client, client, au
     client.patch(f"/api/v1/links/{lead_link['slug']}", headers=auth, json={"lead_form": None})
     response = lead_client.get(f"/{lead_link['slug']}")
     assert response.status_code == 302
+
+
+@pytest.mark.parametrize("query", ["link=%00", "link=a.b", "cursor=%00", "from=%00"])
+def test_hostile_leads_parameters_answer_422(client, auth, query):
+    assert client.get(f"/api/v1/leads?{query}", headers=auth).status_code == 422
