@@ -60,6 +60,20 @@ return {raw, 'ok'}
 """
 
 
+# Write-through of a committed edit. KEYS: link key. ARGV: entry, ttl, version. Keeps a newer entry.
+STORE_IF_NEWER = """
+local current = redis.call('GET', KEYS[1])
+if current and current ~= '' then
+    local ok, link = pcall(cjson.decode, current)
+    if ok and type(link) == 'table' and tonumber(link[10]) and tonumber(link[10]) > tonumber(ARGV[3]) then
+        return 0
+    end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
+
+
 class RedisDown(Exception):
     """Redis is unreachable or the breaker is open; callers fall back to PostgreSQL or in-process state."""
 
@@ -77,8 +91,9 @@ class CachedLink:
     expires_at: float | None  # epoch seconds
     max_clicks: int | None
     lead_form: dict | None = None
+    version: float = 0.0  # the row's updated_at (epoch s); 0 when read through the redirect's narrow path
 
-    LAYOUT: ClassVar[int] = 2  # bump when the fields above change
+    LAYOUT: ClassVar[int] = 3  # bump when the fields above change
 
     @classmethod
     def from_row(cls, row: dict[str, Any], deleted: bool | None = None) -> CachedLink:
@@ -93,6 +108,7 @@ class CachedLink:
             expires.timestamp() if expires else None,
             row["max_clicks"],
             row.get("lead_form"),
+            row["updated_at"].timestamp() if row.get("updated_at") else 0.0,
         )
 
     def dumps(self) -> str:
@@ -107,6 +123,7 @@ class CachedLink:
                 self.expires_at,
                 self.max_clicks,
                 self.lead_form,
+                self.version,
             ],
             separators=(",", ":"),
         )
@@ -165,6 +182,7 @@ class Cache:
         self.url = url
         self.keys = Keys(prefix)
         self._resolve_script = self.client.register_script(RESOLVE_AND_RECORD)
+        self._store_script = self.client.register_script(STORE_IF_NEWER)
         self.breaker_seconds = breaker_seconds
         self.link_ttl, self.not_found_ttl = link_ttl, not_found_ttl
         self._open_until = 0.0
@@ -227,7 +245,11 @@ class Cache:
         """Write-through after a committed create, edit or delete: every worker's next redirect sees it."""
         value, ttl = self._entry(link)
         try:
-            self.call(lambda r: r.set(self.keys.link(slug), value, ex=ttl))
+            # Compare-and-set on the version: of two edits committed close together, the later one's entry
+            # stays even when its write-through reaches Redis first.
+            self.call(
+                lambda r: self._store_script(keys=[self.keys.link(slug)], args=[value, ttl, link.version], client=r)
+            )
         except RedisDown:
             # Redis may come back holding the old entry: retry when it answers again.
             with self._lock:

@@ -111,3 +111,12 @@ def test_edit_is_visible_on_the_next_redirect_from_every_worker(make_app, settin
     assert other_worker.get(f"/{link['slug']}").headers["Location"] == "https://wa.me/5511987654321?text=changed"
     client.delete(f"/api/v1/links/{link['slug']}", headers=auth)
     assert other_worker.get(f"/{link['slug']}").status_code == 410
+
+
+def test_an_older_edit_reaching_redis_late_does_not_replace_a_newer_one(app, client, auth, make_link):
+    link = make_link(message="first")
+    cache = app.extensions["cache"]
+    older = CachedLink.loads(cache.client.get(cache.keys.link(link["slug"])))
+    client.patch(f"/api/v1/links/{link['slug']}", headers=auth, json={"message": "second"})
+    cache.store_link(link["slug"], older)  # the first write-through arrives after the second
+    assert client.get(f"/{link['slug']}").headers["Location"] == "https://wa.me/5511987654321?text=second"
