@@ -17,7 +17,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 
 install: $(VENV)/.installed ## create .venv and install the pinned requirements
 
-run: install ## serve on http://127.0.0.1:$${PORT:-8000} under gunicorn (finds or starts PostgreSQL and Redis, migrates)
+run: install ## serve on http://127.0.0.1:PORT (default 8000) under gunicorn (finds or starts PostgreSQL and Redis, migrates)
 	$(VENV)/bin/gunicorn -c gunicorn.conf.py wsgi:app
 
 test: install ## run the test suite against real PostgreSQL and Redis
