@@ -93,8 +93,8 @@ class VisitorKeys:
         day = datetime.now(UTC).date()
         if day != self._day and time.monotonic() >= self._retry_at:
             try:
-                row = self.db.fetch_one("visitor_key", {"day": day})
-                self._key, self._day = bytes(row["key"]), day
+                row = self.db.fetch_one("service_secret", {"name": f"visitor:{day.isoformat()}"})
+                self._key, self._day = bytes(row["secret"]), day
             except (psycopg.Error, *UNAVAILABLE_ERRORS):
                 # Keep counting with a process-local key (unique counts may over-count) and do not ask again
                 # for a while: redirects must not wait on a database that is away.

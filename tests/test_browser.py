@@ -68,6 +68,9 @@ def test_a_visitor_fills_the_form_on_a_phone_and_lands_on_wa_me(live_server, api
     browser.get(link["short_url"])
     assert browser.find_element(By.TAG_NAME, "h1").text == "Fale com a gente"
     assert browser.execute_script("return document.documentElement.scrollWidth") <= 320  # no sideways scrolling
+    # The inline stylesheet is applied, i.e. its hash in the Content-Security-Policy matches.
+    button_colour = "return getComputedStyle(document.querySelector('button')).backgroundColor"
+    assert browser.execute_script(button_colour) == "rgb(7, 94, 84)"
     name = browser.find_element(By.ID, "name")
     assert browser.find_element(By.CSS_SELECTOR, "label[for=name]").text.startswith("Your name")
     SCREENSHOT.parent.mkdir(exist_ok=True)

@@ -1,8 +1,8 @@
 -- Drops the click tables and functions and restores 0001's resolve_link.
-drop function if exists visitor_key(date);
+drop function if exists service_secret(text);
 drop function if exists maintain_clicks(integer);
 drop function if exists ingest_clicks();
-drop table if exists visitor_keys;
+drop table if exists service_secrets;
 drop table if exists click_visitors;
 drop table if exists click_rollups;
 drop table if exists clicks;

@@ -46,10 +46,11 @@ create table click_visitors (
     primary key (link_id, day, visitor_id)
 );
 
--- One random HMAC key per UTC day for visitor ids; deleted after two days so old ids cannot be recomputed.
-create table visitor_keys (
-    day date primary key,
-    key bytea not null
+-- Named random secrets shared by every worker: the visitor-id key of each UTC day ('visitor:YYYY-MM-DD',
+-- deleted after two days so old visitor ids cannot be recomputed) and the form-token key.
+create table service_secrets (
+    name  text primary key,
+    value bytea not null
 );
 
 alter table clicks enable row level security;
@@ -60,12 +61,12 @@ alter table click_rollups force row level security;
 create policy click_rollups_tenant on click_rollups using (account_id = current_account_id());
 alter table click_visitors enable row level security;
 alter table click_visitors force row level security;
-alter table visitor_keys enable row level security;
-alter table visitor_keys force row level security;
+alter table service_secrets enable row level security;
+alter table service_secrets force row level security;
 do $$
 declare t text;
 begin
-    foreach t in array array['clicks', 'click_rollups', 'click_visitors', 'visitor_keys'] loop
+    foreach t in array array['clicks', 'click_rollups', 'click_visitors', 'service_secrets'] loop
         execute format('create policy %I on %I to %I using (true)', t || '_owner', t, current_user);
     end loop;
 end
@@ -169,28 +170,28 @@ begin
         end if;
     end loop;
     delete from click_visitors where day < current_date - 2;
-    delete from visitor_keys where day < current_date - 1;
+    delete from service_secrets where name like 'visitor:%' and name < 'visitor:' || (current_date - 1)::text;
 end
 $$;
 
--- Today's (or a given day's) visitor key, created on first use.
-create function visitor_key(p_day date) returns bytea
+-- A named random secret (256 bits of gen_random_uuid), created on first use and shared by every worker.
+create function service_secret(p_name text) returns bytea
     language plpgsql security definer
     set search_path = pg_catalog, public, pg_temp
     as $$
 declare
     found bytea;
 begin
-    insert into visitor_keys (day, key)
-    values (p_day, decode(replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''), 'hex'))
-    on conflict (day) do nothing;
-    select key into found from visitor_keys where day = p_day;
+    insert into service_secrets (name, value)
+    values (p_name, decode(replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''), 'hex'))
+    on conflict (name) do nothing;
+    select value into found from service_secrets where name = p_name;
     return found;
 end
 $$;
 
-revoke all on function resolve_link(text), ingest_clicks(), maintain_clicks(integer), visitor_key(date) from public;
-grant execute on function resolve_link(text), ingest_clicks(), maintain_clicks(integer), visitor_key(date)
+revoke all on function resolve_link(text), ingest_clicks(), maintain_clicks(integer), service_secret(text) from public;
+grant execute on function resolve_link(text), ingest_clicks(), maintain_clicks(integer), service_secret(text)
     to chatlink_app;
 grant select on clicks, click_rollups to chatlink_app;
 select maintain_clicks(2);

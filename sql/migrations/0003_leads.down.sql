@@ -2,13 +2,11 @@
 drop function if exists finish_delivery(bigint, boolean, integer, text, integer, timestamptz);
 drop function if exists claim_deliveries(integer, integer);
 drop function if exists capture_lead(bigint, text, uuid, text, text, text, text, boolean);
-drop function if exists service_secret(text);
 drop table if exists delivery_attempts;
 drop table if exists outbox;
 drop table if exists whatsapp_settings;
 drop table if exists webhooks;
 drop table if exists leads;
-drop table if exists service_secrets;
 drop function resolve_link(text);
 create function resolve_link(p_slug text)
     returns table (id bigint, account_id bigint, phone text, message text, disabled boolean,

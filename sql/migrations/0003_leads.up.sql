@@ -70,11 +70,6 @@ create table delivery_attempts (
 );
 create index delivery_attempts_outbox on delivery_attempts (outbox_id, attempted_at);
 
-create table service_secrets (
-    name  text primary key,
-    value bytea not null
-);
-
 do $$
 declare t text;
 begin
@@ -87,9 +82,6 @@ begin
     end loop;
 end
 $$;
-alter table service_secrets enable row level security;
-alter table service_secrets force row level security;
-create policy service_secrets_owner on service_secrets to current_user using (true);
 
 -- The redirect's narrow path also returns the lead form, and always the human click count (it seeds the
 -- Redis counter that enforces max_clicks, which may be set later).
@@ -107,22 +99,6 @@ create function resolve_link(p_slug text)
           from links l
          where l.slug = p_slug
     $$;
-
--- A named random secret (e.g. the form-token key), created on first use and shared by every worker.
-create function service_secret(p_name text) returns bytea
-    language plpgsql security definer
-    set search_path = pg_catalog, public, pg_temp
-    as $$
-declare
-    found bytea;
-begin
-    insert into service_secrets (name, value)
-    values (p_name, decode(replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''), 'hex'))
-    on conflict (name) do nothing;
-    select value into found from service_secrets where name = p_name;
-    return found;
-end
-$$;
 
 -- The public form's narrow path: store a lead for a live link with a form, and queue its events in the same
 -- transaction. Returns the lead id, or null when this form token was used before.
@@ -208,10 +184,10 @@ create function finish_delivery(p_id bigint, p_delivered boolean, p_status integ
          where id = p_id;
     $$;
 
-revoke all on function resolve_link(text), service_secret(text), capture_lead(bigint, text, uuid, text, text, text,
+revoke all on function resolve_link(text), capture_lead(bigint, text, uuid, text, text, text,
     text, boolean), claim_deliveries(integer, integer), finish_delivery(bigint, boolean, integer, text, integer,
     timestamptz) from public;
-grant execute on function resolve_link(text), service_secret(text), capture_lead(bigint, text, uuid, text, text,
+grant execute on function resolve_link(text), capture_lead(bigint, text, uuid, text, text,
     text, text, boolean), claim_deliveries(integer, integer), finish_delivery(bigint, boolean, integer, text,
     integer, timestamptz) to chatlink_app;
 grant select, delete on leads to chatlink_app;

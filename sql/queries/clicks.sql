@@ -1,3 +1,3 @@
--- name: visitor_key
--- The HMAC key for visitor ids of one UTC day, created on first use (SECURITY DEFINER narrow path).
-select visitor_key(%(day)s) as key;
+-- name: service_secret
+-- A named random secret shared by every worker, created on first use (SECURITY DEFINER narrow path).
+select service_secret(%(name)s) as secret;

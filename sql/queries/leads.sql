@@ -1,7 +1,3 @@
--- name: service_secret
--- A named random secret shared by every worker, created on first use (SECURITY DEFINER narrow path).
-select service_secret(%(name)s) as secret;
-
 -- name: capture_lead
 -- Store a public form's lead and queue its events; null when the token was used before (narrow path).
 select capture_lead(%(link_id)s, %(nonce)s, %(click_id)s, %(name)s, %(phone)s, %(email)s, %(note)s,
