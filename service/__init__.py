@@ -30,15 +30,6 @@ def create_app(settings: Settings | None = None) -> Flask:
         JSON_SORT_KEYS=False,
         APP_DATABASE_URL=app_conninfo(settings.database_url, settings.app_database_url),
     )
-    if settings.trusted_proxies:
-        app.wsgi_app = ProxyFix(
-            app.wsgi_app,
-            x_for=settings.trusted_proxies,
-            x_proto=settings.trusted_proxies,
-            x_host=0,
-            x_port=0,
-            x_prefix=0,
-        )
     logging.getLogger("service").setLevel(settings.log_level.upper())
 
     conninfo = app.config["APP_DATABASE_URL"]
@@ -69,4 +60,21 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(redirect.bp)  # last: /<slug> must not shadow the fixed paths
     errors.init_app(app)
     app.extensions["chatlink_limiter"] = limits.init_app(app, settings, settings.redis_url, cache.keys.limiter_prefix())
+    app.extensions["redirector"] = redirect.Redirector(
+        cache,
+        db,
+        app.extensions["click_capture"],
+        app.extensions["click_sink"],
+        limits.RedirectLimits(settings, cache.keys, app.extensions["click_capture"].visitor_keys),
+    )
+    app.wsgi_app = redirect.FastRedirects(app.wsgi_app, app.extensions["redirector"])
+    if settings.trusted_proxies:  # outermost, so that everything inside sees the client's address
+        app.wsgi_app = ProxyFix(
+            app.wsgi_app,
+            x_for=settings.trusted_proxies,
+            x_proto=settings.trusted_proxies,
+            x_host=0,
+            x_port=0,
+            x_prefix=0,
+        )
     return app

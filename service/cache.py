@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import threading
@@ -21,31 +20,51 @@ T = TypeVar("T")
 NEGATIVE = ""  # cached answer for a slug PostgreSQL does not know
 
 
-# One round trip for the redirect: read the cached link, decide whether it may still redirect, count the click
-# against max_clicks and queue it on the stream. On a miss the caller reads PostgreSQL and calls again with
-# the row as `fill` (and its click count as `seed`).
-# KEYS: link key, click stream, click-counter prefix.
-# ARGV: now (epoch s), fill ('' = none), fill ttl, seed ('' = none), record (1/0), bot (1/0), click JSON.
-# Returns nil (miss), {""} (unknown slug), or {link JSON, verdict} with verdict ok | gone | limit | seed.
+# One round trip for the redirect: check the client's limits, read the cached link, decide whether it may still
+# redirect, count the click against max_clicks and queue it on the stream. On a miss the caller reads PostgreSQL
+# and calls again with the row as the fill (and its click count as the seed), limits not checked twice.
+# KEYS: link, click stream, click-counter prefix, the client's request counter, the client's 404 counter
+#       (the last two '' when rate limits are off).
+# ARGV: [1] now (epoch s), [2] fill ('' none, 'link', 'unknown'), [3] fill entry, [4] fill ttl, [5] seed ('' none),
+#       [6] record 1/0, [7] bot 1/0, [8] click JSON, [9] check limits 1/0, [10] requests allowed, [11] their
+#       window (s), [12] 404s allowed, [13] their window (s).
+# Returns nil (miss), {'', 'unknown'}, {'', 'rate', seconds to wait}, or {link JSON, ok | gone | limit | seed}.
 RESOLVE_AND_RECORD = """
+local function count(key, window)
+    local n = redis.call('INCR', key)
+    if n == 1 then redis.call('EXPIRE', key, window) end
+    return n
+end
+if ARGV[9] == '1' and KEYS[4] ~= '' then
+    -- A client over its 404 limit is refused everything; otherwise every request counts, whatever it answers.
+    if tonumber(redis.call('GET', KEYS[5]) or '0') >= tonumber(ARGV[12]) then
+        return {'', 'rate', redis.call('TTL', KEYS[5])}
+    end
+    if count(KEYS[4], ARGV[11]) > tonumber(ARGV[10]) then
+        return {'', 'rate', redis.call('TTL', KEYS[4])}
+    end
+end
 local raw = redis.call('GET', KEYS[1])
 if not raw then
     if ARGV[2] == '' then return nil end
-    redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3], 'NX')
-    raw = redis.call('GET', KEYS[1]) or ARGV[2]
+    redis.call('SET', KEYS[1], ARGV[3], 'EX', ARGV[4], 'NX')
+    raw = redis.call('GET', KEYS[1]) or ARGV[3]
 end
-if raw == '' then return {''} end
+if raw == '' then
+    if KEYS[5] ~= '' then count(KEYS[5], ARGV[13]) end
+    return {'', 'unknown'}
+end
 local link = cjson.decode(raw)
 local expires = link[7]
 if link[5] or link[6] or (expires ~= cjson.null and tonumber(expires) <= tonumber(ARGV[1])) then
     return {raw, 'gone'}
 end
-if ARGV[5] ~= '1' then return {raw, 'ok'} end
-if ARGV[6] ~= '1' then
+if ARGV[6] ~= '1' then return {raw, 'ok'} end
+if ARGV[7] ~= '1' then
     -- Every human click is counted, limit or not, so a max_clicks set later starts from the true count.
     local counter = KEYS[3] .. link[1]
-    if ARGV[4] ~= '' then
-        redis.call('SET', counter, ARGV[4], 'NX')
+    if ARGV[5] ~= '' then
+        redis.call('SET', counter, ARGV[5], 'NX')
     elseif redis.call('EXISTS', counter) == 0 then
         return {raw, 'seed'}  -- the count was lost (or never read): ask PostgreSQL for it first
     end
@@ -55,7 +74,7 @@ if ARGV[6] ~= '1' then
         return {raw, 'limit'}
     end
 end
-redis.call('XADD', KEYS[2], '*', 'l', link[1], 'a', link[2], 'd', ARGV[7])
+redis.call('XADD', KEYS[2], '*', 'l', link[1], 'a', link[2], 'd', ARGV[8])
 return {raw, 'ok'}
 """
 
@@ -72,6 +91,76 @@ end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return 1
 """
+
+
+class ScriptBatcher:
+    """Runs one Lua script for many threads with group commit: calls that arrive while a batch is on the wire go
+    together in the next pipeline. A busy worker pays one round trip (and Redis one read and one write) for
+    several redirects; a lone call goes at once, waiting for nobody."""
+
+    class _Call:
+        __slots__ = ("args", "keys", "lead", "reply", "woken")
+
+        def __init__(self, keys: list, args: list) -> None:
+            self.keys, self.args, self.lead, self.reply = keys, args, False, None
+            self.woken = threading.Lock()
+            self.woken.acquire()  # released by the leader once the reply is in, or to make this call the leader
+
+    def __init__(self, client: redis.Redis, script: str) -> None:
+        self.client = client
+        self.script = client.register_script(script)
+        self._lock = threading.Lock()
+        self._queue: list[ScriptBatcher._Call] = []
+        self._leading = False  # one thread at a time sends a batch and hands out the replies
+
+    def __call__(self, keys: list, args: list) -> Any:
+        """The script's reply for these keys and args; raises what Redis raised for this call or its batch."""
+        call = self._Call(keys, args)
+        with self._lock:
+            self._queue.append(call)
+            follower, self._leading = self._leading, True
+        if follower:
+            call.woken.acquire()
+            if not call.lead:
+                return self._result(call)
+        with self._lock:
+            batch, self._queue = self._queue, []
+        try:
+            replies = self._run(batch)
+        except Exception as exc:  # every call of the batch fails with it; none may be left waiting
+            replies = [exc] * len(batch)
+        for other, reply in zip(batch, replies, strict=True):
+            other.reply = reply
+            if other is not call:
+                other.woken.release()
+        with self._lock:  # the next leader is the oldest call that queued during this batch
+            if self._queue:
+                self._queue[0].lead = True
+                self._queue[0].woken.release()
+            else:
+                self._leading = False
+        return self._result(call)
+
+    def _run(self, batch: list[_Call]) -> list:
+        pipe = self.client.pipeline(transaction=False)
+        for call in batch:
+            pipe.execute_command("EVALSHA", self.script.sha, len(call.keys), *call.keys, *call.args)
+        replies = pipe.execute(raise_on_error=False)
+        if any(isinstance(reply, redis.exceptions.NoScriptError) for reply in replies):
+            self.script.sha = self.client.script_load(self.script.script)  # Redis restarted: load it again
+            replies = [
+                self.script(keys=call.keys, args=call.args)
+                if isinstance(reply, redis.exceptions.NoScriptError)
+                else reply
+                for call, reply in zip(batch, replies, strict=True)
+            ]
+        return replies
+
+    @staticmethod
+    def _result(call: _Call) -> Any:
+        if isinstance(call.reply, Exception):
+            raise call.reply
+        return call.reply
 
 
 class RedisDown(Exception):
@@ -143,6 +232,24 @@ class CachedLink:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """The resolve script's answer: miss | unknown | rate | ok | gone | limit | seed, the link when known."""
+
+    verdict: str
+    link: CachedLink | None = None
+    retry_after: int = 0  # seconds, for "rate"
+
+
+@dataclass(frozen=True, slots=True)
+class ClientLimits:
+    """One client's counters for the resolve script: its requests, and its 404 answers (a slug scanner's sign)."""
+
+    requests_key: str
+    not_found_key: str
+    script_args: tuple[int, int, int, int]  # requests allowed, window (s), 404s allowed, window (s)
+
+
 class Keys:
     """Every Redis key the service writes, under one prefix so that tests and tenants of a Redis stay apart."""
 
@@ -158,6 +265,10 @@ class Keys:
 
     def click_stream(self) -> str:
         return f"{self.prefix}clicks"
+
+    def client_limits_prefix(self) -> str:
+        """Followed by a keyed hash of a client address: the redirect's rate-limit counters."""
+        return f"{self.prefix}limits:redirect:"
 
     def click_counter_prefix(self) -> str:
         """Followed by a link id: the human clicks a link with max_clicks has had."""
@@ -181,7 +292,7 @@ class Cache:
         )
         self.url = url
         self.keys = Keys(prefix)
-        self._resolve_script = self.client.register_script(RESOLVE_AND_RECORD)
+        self._resolve = ScriptBatcher(self.client, RESOLVE_AND_RECORD)
         self._store_script = self.client.register_script(STORE_IF_NEWER)
         self.breaker_seconds = breaker_seconds
         self.link_ttl, self.not_found_ttl = link_ttl, not_found_ttl
@@ -235,12 +346,6 @@ class Cache:
             ttl = max(1, min(ttl, int(link.expires_at - time.time()) + 1))
         return link.dumps(), ttl
 
-    def put_link(self, slug: str, link: CachedLink | None) -> None:
-        """Fill the cache after a miss. NX: a fill from a read that raced an edit never replaces the edit's entry."""
-        value, ttl = self._entry(link)
-        with contextlib.suppress(RedisDown):  # without Redis the next request reads PostgreSQL again
-            self.call(lambda r: r.set(self.keys.link(slug), value, ex=ttl, nx=True))
-
     def store_link(self, slug: str, link: CachedLink) -> None:
         """Write-through after a committed create, edit or delete: every worker's next redirect sees it."""
         value, ttl = self._entry(link)
@@ -269,20 +374,27 @@ class Cache:
         slug: str,
         click: str | None,
         bot: bool,
+        *,
+        limits: ClientLimits | None = None,
+        check_limits: bool = True,
         fill: CachedLink | None = None,
-        fill_none: bool = False,
+        fill_unknown: bool = False,
         seed: int | None = None,
-    ) -> tuple[bool, CachedLink | None, str]:
-        """(hit, link, verdict) in one round trip; the click (JSON) is queued only when the link may redirect."""
-        if fill is not None or fill_none:
+    ) -> Resolution:
+        """What the redirect answers, in one round trip; the click (JSON) is queued only when the link may redirect.
+
+        The first call of a request checks the client's limits; on a miss the second passes the PostgreSQL row as
+        fill (or fill_unknown for a slug PostgreSQL does not know) with check_limits=False.
+        """
+        if fill is not None or fill_unknown:
+            mode = "unknown" if fill_unknown else "link"
             value, ttl = self._entry(fill)
         else:
-            value, ttl = "", 0
-        if fill_none:  # an unknown slug: nothing to record, just remember it
-            self.put_link(slug, None)
-            return True, None, "unknown"
+            mode, value, ttl = "", "", 0
+        keys = [self.keys.link(slug), self.keys.click_stream(), self.keys.click_counter_prefix()]
         args = [
             f"{time.time():.3f}",
+            mode,
             value,
             ttl,
             "" if seed is None else seed,
@@ -290,13 +402,20 @@ class Cache:
             "1" if bot else "0",
             click or "",
         ]
-        keys = [self.keys.link(slug), self.keys.click_stream(), self.keys.click_counter_prefix()]
-        reply = self.call(lambda r: self._resolve_script(keys=keys, args=args, client=r))
+        if limits is None:
+            keys += ["", ""]
+            args += ["0", 0, 0, 0, 0]
+        else:
+            keys += [limits.requests_key, limits.not_found_key]
+            args += ["1" if check_limits else "0", *limits.script_args]
+        reply = self.call(lambda r: self._resolve(keys, args))
         if reply is None:
-            return False, None, "miss"
-        if reply[0] == NEGATIVE:
-            return True, None, "unknown"
-        return True, CachedLink.loads(reply[0]), reply[1]
+            return Resolution("miss")
+        if reply[1] == "unknown":
+            return Resolution("unknown")
+        if reply[1] == "rate":
+            return Resolution("rate", retry_after=max(1, int(reply[2])))
+        return Resolution(reply[1], CachedLink.loads(reply[0]))
 
     def ping(self) -> bool:
         """PING, bypassing the breaker (for health checks)."""

@@ -19,13 +19,12 @@ from collections.abc import Iterable
 from datetime import UTC, date, datetime
 from functools import lru_cache
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import psycopg
 import redis
 import ua_parser
 import uuid6
-from flask import Request
 
 from .cache import Cache
 from .db import UNAVAILABLE_ERRORS, Database
@@ -124,27 +123,30 @@ class Geo:
 
 
 class ClickCapture:
-    """Build a click from a request: everything the stats need, and no raw IP."""
+    """Build a click from a request's WSGI environ: everything the stats need, and no raw IP."""
 
     def __init__(self, visitor_keys: VisitorKeys, country_header: str, honor_dnt: bool) -> None:
         self.visitor_keys = visitor_keys
-        self.country_header = country_header
+        # The CDN's country header as the WSGI environ names it (CF-IPCountry → HTTP_CF_IPCOUNTRY).
+        self.country_environ_key = "HTTP_" + country_header.upper().replace("-", "_") if country_header else ""
         self.honor_dnt = honor_dnt
 
-    def should_record(self, request: Request) -> bool:
+    def should_record(self, environ: dict) -> bool:
         """HEAD is not a click; neither is a visit that opted out when the operator honours DNT/GPC."""
-        if request.method == "HEAD":
+        if environ["REQUEST_METHOD"] == "HEAD":
             return False
-        return not (self.honor_dnt and (request.headers.get("DNT") == "1" or request.headers.get("Sec-GPC") == "1"))
+        return not (self.honor_dnt and (environ.get("HTTP_DNT") == "1" or environ.get("HTTP_SEC_GPC") == "1"))
 
-    def capture(self, request: Request) -> dict:
-        """The click's fields (JSON-ready) for the stream; link and account are added by whoever resolves it."""
-        address = request.remote_addr or ""
-        user_agent = request.headers.get("User-Agent", "")[:512]
-        referrer = _clean(request.headers.get("Referer"), 1024)
+    def capture(self, environ: dict) -> dict:
+        """The click's fields (JSON-ready) for the stream; link and account are added by whoever resolves it.
+
+        It reads the WSGI environ, not a Flask request, because the redirect's fast path answers without one.
+        """
+        address = environ.get("REMOTE_ADDR") or ""
+        user_agent = environ.get("HTTP_USER_AGENT", "")[:512]
         country = None
-        if self.country_header:
-            header = request.headers.get(self.country_header, "").upper()
+        if self.country_environ_key:
+            header = environ.get(self.country_environ_key, "").upper()
             country = header if _COUNTRY.match(header) and header not in {"XX", "T1"} else None
         if country is None:
             country = Geo.country(address)
@@ -152,16 +154,18 @@ class ClickCapture:
         click = {
             "id": str(uuid6.uuid7()),
             "ts": time.time(),
-            "ref": referrer,
+            "ref": _clean(environ.get("HTTP_REFERER"), 1024),
             "ua": user_agent,
             "bot": is_bot(user_agent),
             "cc": country,
             "vid": digest.hexdigest()[:32],
         }
-        for field in UTM_FIELDS:
-            value = _clean(request.args.get(field), 200)
-            if value:
-                click[field] = value
+        query = environ.get("QUERY_STRING", "")
+        if "utm_" in query:
+            for field, value in parse_qsl(query):
+                value = _clean(value, 200)
+                if field in UTM_FIELDS and value and field not in click:
+                    click[field] = value
         return click
 
 

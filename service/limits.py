@@ -1,23 +1,33 @@
-"""flask-limiter set-up: who a request counts against, Redis storage with an in-process fallback, exemptions."""
+"""Rate limits: flask-limiter for the API and the lead form; the redirect's own per-address limits, counted in
+its Redis script."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 
 from flask import Flask, current_app, request
 from flask_limiter import Limiter
+from limits import parse
+from limits.storage import MemoryStorage
+from limits.strategies import FixedWindowRateLimiter
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .auth import public_id_of
+from .cache import ClientLimits, Keys
+from .clicks import VisitorKeys
 from .config import Settings
 
 
-def _keyed(value: str) -> str:
-    # Limit counters live in Redis under these names: a keyed hash, never the raw address or key.
-    secret = current_app.extensions["click_capture"].visitor_keys.today()
+def keyed(secret: bytes, value: str) -> str:
+    """Limit counters live in Redis under these names: a keyed hash, never the raw address or key."""
     return hmac.new(secret, value.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def _keyed(value: str) -> str:
+    return keyed(current_app.extensions["click_capture"].visitor_keys.today(), value)
 
 
 def client_ip() -> str:
@@ -71,12 +81,37 @@ def init_app(app: Flask, settings: Settings, redis_url: str, key_prefix: str) ->
         scope="create",
         override_defaults=False,
     )(app.view_functions[create])
-    redirect_bp = app.blueprints["redirect"]
-    limiter.limit(settings.rate_limit_redirect)(redirect_bp)
-    # Scanners probing for slugs: only 404 answers count, but once over the limit the address is refused.
-    limiter.limit(
-        settings.rate_limit_not_found, scope="not-found", deduct_when=lambda response: response.status_code == 404
-    )(redirect_bp)
     limiter.limit(settings.rate_limit_lead)(app.blueprints["leads"])
     limiter.exempt(app.blueprints["health"])
     return limiter
+
+
+class RedirectLimits:
+    """GET /<slug>'s limits per client address: requests, and 404 answers (once over that, everything is refused).
+
+    Not flask-limiter: the redirect counts them in the same Redis script that resolves the link, so a redirect
+    stays one round trip. The same fixed windows, and the same in-process fallback while Redis is down.
+    """
+
+    def __init__(self, settings: Settings, keys: Keys, visitor_keys: VisitorKeys) -> None:
+        self.enabled = settings.rate_limits_enabled
+        self.prefix = keys.client_limits_prefix()
+        self.visitor_keys = visitor_keys
+        requests, not_found = parse(settings.rate_limit_redirect), parse(settings.rate_limit_not_found)
+        self.script_args = (requests.amount, requests.get_expiry(), not_found.amount, not_found.get_expiry())
+        self.fallback = parse(settings.rate_limit_fallback)
+        self.memory = FixedWindowRateLimiter(MemoryStorage())
+
+    def client(self, environ: dict) -> ClientLimits | None:
+        """The counters of the client that sent this request (None when rate limits are off)."""
+        if not self.enabled:
+            return None
+        client = keyed(self.visitor_keys.today(), environ.get("REMOTE_ADDR") or "unknown")
+        return ClientLimits(f"{self.prefix}{client}", f"{self.prefix}{client}:404", self.script_args)
+
+    def allows_without_redis(self, client: ClientLimits | None) -> int:
+        """0 when the in-process fallback limit lets this request through, else the seconds to wait."""
+        if client is None or self.memory.hit(self.fallback, "redirect", client.requests_key):
+            return 0
+        reset = self.memory.get_window_stats(self.fallback, "redirect", client.requests_key).reset_time
+        return max(1, int(reset - time.time()) + 1)

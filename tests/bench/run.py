@@ -85,6 +85,7 @@ class Options:
     links: int
     miss_links: int  # 0: size from (b)'s rate
     scenarios: str
+    rounds: int  # (a) and (b) alternate this many times; the medians are reported
 
     @classmethod
     def from_env(cls) -> Options:
@@ -117,6 +118,7 @@ class Options:
             integer("BENCH_LINKS", 1000),
             integer("BENCH_MISS_LINKS", 0, low=0),
             scenarios,
+            integer("BENCH_ROUNDS", 3),
         )
 
 
@@ -485,7 +487,7 @@ TITLES = {
 }
 
 
-def report(results: dict[str, Result]) -> list[str]:
+def report(results: dict[str, Result], rounds: dict[str, list[Result]]) -> list[str]:
     lines = [f"{'scenario':<38} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'pg+redis':>8} {'other':>6}  status codes"]
     disturbed = []
     for key, result in results.items():
@@ -508,6 +510,15 @@ def report(results: dict[str, Result]) -> list[str]:
             "those figures are understated; rerun on an idle machine"
         )
     lines.append("")
+    if max(len(runs) for runs in rounds.values()) > 1:
+        for key, runs in rounds.items():
+            if runs:
+                figures = ", ".join(f"{run.rps:.0f}" for run in runs)
+                lines.append(f"({key}) req/s in the {len(runs)} alternating rounds: {figures} (above: the median)")
+        if rounds["a"] and rounds["b"]:
+            ratios = ", ".join(f"{b.rps / a.rps:.2f}" for a, b in zip(rounds["a"], rounds["b"], strict=True))
+            lines.append(f"b / a round by round: {ratios}")
+        lines.append("")
     base = results.get("a")
     if base:
         for key in "bcd":
@@ -553,6 +564,7 @@ class Bench:
         self.workdir = Path(tempfile.mkdtemp(prefix="chatlink-bench-"))
         cleanup.callback(shutil.rmtree, self.workdir, ignore_errors=True)
         self.results: dict[str, Result] = {}
+        self.rounds: dict[str, list[Result]] = {"a": [], "b": []}  # every run of the alternating scenarios
         self.notes: list[str] = []
 
         # Our own database and Redis namespace, dropped / deleted however the run ends.
@@ -581,14 +593,24 @@ class Bench:
 
     def run(self) -> None:
         self.print_header()
-        if "a" in self.options.scenarios:
-            self.measure_baseline()
-        if set(self.options.scenarios) & set("bcd"):
-            self.measure_chatlink()
+        baseline = self.start_baseline() if "a" in self.options.scenarios else None
+        chatlink = self.start_chatlink() if set(self.options.scenarios) & set("bcd") else None
+        try:
+            self.chatlink_scenarios(baseline, chatlink)
+        except BenchError as exc:
+            tail = "\n".join(chatlink.log().splitlines()[-40:]) if chatlink else ""
+            raise BenchError(f"{exc}\n--- the last lines of the Chatlink server's log ---\n{tail}") from None
+        for server in (baseline, chatlink):
+            if server:
+                server.stop()
+        if chatlink:
+            errors = [line for line in chatlink.log().splitlines() if "Traceback" in line or "[ERROR]" in line]
+            if errors:
+                self.notes.append(f"note: the Chatlink server logged {len(errors)} error lines; first: {errors[0]}")
         if set(self.options.scenarios) & set("bc"):
             self.measure_drain_rate()
         print()
-        for line in report(dict(sorted(self.results.items()))) + self.notes:
+        for line in report(dict(sorted(self.results.items())), self.rounds) + self.notes:
             print(line)
 
     def print_header(self) -> None:
@@ -617,37 +639,46 @@ class Bench:
     def wrk_run(self, name: str, url: str, *script_args: str, pace_ms: float = 0) -> Result:
         return run_wrk(self.wrk, self.options, name, url, *script_args, pace_ms=pace_ms)
 
-    def measure_baseline(self) -> None:
-        """(a): the bare app under the same gunicorn settings, alone on the machine."""
-        print("\nbaseline (tests/bench/baseline_app.py):", flush=True)
+    def start_baseline(self) -> Server:
+        """(a)'s server: the bare app under the same gunicorn settings (gunicorn.conf.py without its hooks)."""
         conf = self.workdir / "baseline.conf.py"
         write_baseline_config(self.settings, conf)
-        baseline = self.server("baseline", ["-c", str(conf), "tests.bench.baseline_app:app"])
-        slugs_file = self.workdir / "baseline-slugs.txt"
-        slugs_file.write_text("\n".join(f"base{i:05d}" for i in range(self.options.links)) + "\n")
-        self.results["a"] = self.wrk_run("(a)", baseline.url, "list", str(slugs_file))
-        baseline.stop()
+        self.baseline_slugs = self.workdir / "baseline-slugs.txt"
+        self.baseline_slugs.write_text("\n".join(f"base{i:05d}" for i in range(self.options.links)) + "\n")
+        return self.server("baseline", ["-c", str(conf), "tests.bench.baseline_app:app"])
 
-    def measure_chatlink(self) -> None:
-        """(b), (c), (d) against gunicorn.conf.py serving wsgi:app; its log's tail joins any failure."""
-        print("\nChatlink (gunicorn.conf.py, wsgi:app):", flush=True)
-        chatlink = self.server("chatlink", ["-c", "gunicorn.conf.py", "wsgi:app"])
-        try:
-            self.chatlink_scenarios(chatlink.url)
-        except BenchError as exc:
-            tail = "\n".join(chatlink.log().splitlines()[-40:])
-            raise BenchError(f"{exc}\n--- the last lines of the Chatlink server's log ---\n{tail}") from None
-        chatlink.stop()
-        errors = [line for line in chatlink.log().splitlines() if "Traceback" in line or "[ERROR]" in line]
-        if errors:
-            self.notes.append(f"note: the Chatlink server logged {len(errors)} error lines; first: {errors[0]}")
+    def start_chatlink(self) -> Server:
+        """(b), (c), (d)'s server: gunicorn.conf.py serving wsgi:app."""
+        return self.server("chatlink", ["-c", "gunicorn.conf.py", "wsgi:app"])
 
-    def chatlink_scenarios(self, url: str) -> None:
+    def alternate(self, baseline: Server | None, url: str | None, slugs_file: Path | None) -> None:
+        """(a) and (b) in turns, BENCH_ROUNDS times: both servers are up, one idle while the other is loaded.
+
+        This machine's speed drifts by more than the gap being measured (one (a) run alone varied from 5,300 to
+        9,200 req/s); alternating the two and taking medians compares them under the same conditions.
+        """
+        for round_number in range(1, self.options.rounds + 1):
+            if baseline:
+                slugs = str(self.baseline_slugs)
+                self.rounds["a"].append(self.wrk_run(f"(a) round {round_number}", baseline.url, "list", slugs))
+            if url:
+                self.rounds["b"].append(self.wrk_run(f"(b) round {round_number}", url, "list", str(slugs_file)))
+        for key, runs in self.rounds.items():
+            if runs:
+                self.results[key] = sorted(runs, key=lambda result: result.rps)[len(runs) // 2]
+
+    def chatlink_scenarios(self, baseline: Server | None, chatlink: Server | None) -> None:
         options, results = self.options, self.results
+        if chatlink is None:
+            self.alternate(baseline, None, None)
+            return
+        url = chatlink.url
         with psycopg.connect(self.owner_url) as conn:
             key = issue_key(conn, f"bench-{self.run_id}")
         served_302 = warmed = 0
-        if "b" in options.scenarios:
+        if "b" not in options.scenarios:
+            self.alternate(baseline, None, None)
+        else:
             t0 = time.monotonic()
             slugs = create_links(url, key, options.links)
             t1 = time.monotonic()
@@ -660,8 +691,8 @@ class Bench:
             )
             slugs_file = self.workdir / "slugs.txt"
             slugs_file.write_text("\n".join(slugs) + "\n")
-            results["b"] = self.wrk_run("(b)", url, "list", str(slugs_file))
-            served_302 += results["b"].statuses.get(302, 0)
+            self.alternate(baseline, url, slugs_file)
+            served_302 += sum(run.statuses.get(302, 0) for run in self.rounds["b"])
             # Latency below saturation: the same requests with each connection waiting so that together they
             # offer about half of (b)'s throughput (under saturation, latency is mostly queueing: connections/rate).
             pace_ms = 1000 * options.connections / (results["b"].rps / 2)
@@ -689,7 +720,8 @@ class Bench:
                 self.notes.append("    WARNING: (c) ran out of never-requested slugs; raise BENCH_MISS_LINKS")
 
         if served_302:
-            in_flight = options.connections * sum(1 for k in ("b", "b2", "c") if k in results)
+            runs = len(self.rounds["b"]) + sum(1 for k in ("b2", "c") if k in results)
+            in_flight = options.connections * runs
             self.notes.append(
                 f"302 responses in (b)+(c) (with (b) at half rate): {served_302 - warmed}"
                 + (f" (+{warmed} from the cache warm-up = {served_302} redirects in all)" if warmed else "")
