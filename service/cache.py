@@ -23,11 +23,11 @@ NEGATIVE = ""  # cached answer for a slug PostgreSQL does not know
 # One round trip for the redirect: check the client's limits, read the cached link, decide whether it may still
 # redirect, count the click against max_clicks and queue it on the stream. On a miss the caller reads PostgreSQL
 # and calls again with the row as the fill (and its click count as the seed), limits not checked twice.
-# KEYS: link, click stream, click-counter prefix, the client's request counter, the client's 404 counter
-#       (the last two '' when rate limits are off).
+# KEYS: link, click stream, click-counter prefix, the client's request counters, the client's 404 counters
+#       (the last two are key prefixes, '' when rate limits are off).
 # ARGV: [1] now (epoch s), [2] fill ('' none, 'link', 'unknown'), [3] fill entry, [4] fill ttl, [5] seed ('' none),
-#       [6] record 1/0, [7] bot 1/0, [8] click JSON, [9] check limits 1/0, [10] requests allowed, [11] their
-#       window (s), [12] 404s allowed, [13] their window (s).
+#       [6] record 1/0, [7] bot 1/0, [8] click JSON, [9] check limits 1/0, [10] request limits, [11] 404 limits
+#       (each "amount window amount window …", windows in seconds: "1200 60" is 1200/minute).
 # Returns nil (miss), {'', 'unknown'}, {'', 'rate', seconds to wait}, or {link JSON, ok | gone | limit | seed}.
 RESOLVE_AND_RECORD = """
 local function count(key, window)
@@ -36,13 +36,19 @@ local function count(key, window)
     return n
 end
 if ARGV[9] == '1' and KEYS[4] ~= '' then
-    -- A client over its 404 limit is refused everything; otherwise every request counts, whatever it answers.
-    if tonumber(redis.call('GET', KEYS[5]) or '0') >= tonumber(ARGV[12]) then
-        return {'', 'rate', redis.call('TTL', KEYS[5])}
+    -- A client over a 404 limit is refused everything; otherwise every request counts against every limit.
+    for amount, window in string.gmatch(ARGV[11], '(%d+) (%d+)') do
+        local key = KEYS[5] .. amount .. '/' .. window
+        if tonumber(redis.call('GET', key) or '0') >= tonumber(amount) then
+            return {'', 'rate', redis.call('TTL', key)}
+        end
     end
-    if count(KEYS[4], ARGV[11]) > tonumber(ARGV[10]) then
-        return {'', 'rate', redis.call('TTL', KEYS[4])}
+    local wait = 0
+    for amount, window in string.gmatch(ARGV[10], '(%d+) (%d+)') do
+        local key = KEYS[4] .. amount .. '/' .. window
+        if count(key, window) > tonumber(amount) then wait = math.max(wait, redis.call('TTL', key)) end
     end
+    if wait > 0 then return {'', 'rate', wait} end
 end
 local raw = redis.call('GET', KEYS[1])
 if not raw then
@@ -51,7 +57,11 @@ if not raw then
     raw = redis.call('GET', KEYS[1]) or ARGV[3]
 end
 if raw == '' then
-    if KEYS[5] ~= '' then count(KEYS[5], ARGV[13]) end
+    if KEYS[5] ~= '' then
+        for amount, window in string.gmatch(ARGV[11], '(%d+) (%d+)') do
+            count(KEYS[5] .. amount .. '/' .. window, window)
+        end
+    end
     return {'', 'unknown'}
 end
 local link = cjson.decode(raw)
@@ -125,20 +135,26 @@ class ScriptBatcher:
                 return self._result(call)
         with self._lock:
             batch, self._queue = self._queue, []
+        replies = None
         try:
             replies = self._run(batch)
-        except Exception as exc:  # every call of the batch fails with it; none may be left waiting
+        except Exception as exc:  # every call of the batch fails with it
             replies = [exc] * len(batch)
-        for other, reply in zip(batch, replies, strict=True):
-            other.reply = reply
-            if other is not call:
-                other.woken.release()
-        with self._lock:  # the next leader is the oldest call that queued during this batch
-            if self._queue:
-                self._queue[0].lead = True
-                self._queue[0].woken.release()
-            else:
-                self._leading = False
+        finally:
+            # Even when this thread is interrupted (KeyboardInterrupt, SystemExit) nobody may be left waiting:
+            # hand out what there is, then pass the lead on or give it up.
+            if replies is None:
+                replies = [redis.ConnectionError("the round trip for this call was interrupted")] * len(batch)
+            for other, reply in zip(batch, replies, strict=True):
+                other.reply = reply
+                if other is not call:
+                    other.woken.release()
+            with self._lock:  # the next leader is the oldest call that queued during this batch
+                if self._queue:
+                    self._queue[0].lead = True
+                    self._queue[0].woken.release()
+                else:
+                    self._leading = False
         return self._result(call)
 
     def _run(self, batch: list[_Call]) -> list:
@@ -148,12 +164,12 @@ class ScriptBatcher:
         replies = pipe.execute(raise_on_error=False)
         if any(isinstance(reply, redis.exceptions.NoScriptError) for reply in replies):
             self.script.sha = self.client.script_load(self.script.script)  # Redis restarted: load it again
-            replies = [
-                self.script(keys=call.keys, args=call.args)
-                if isinstance(reply, redis.exceptions.NoScriptError)
-                else reply
-                for call, reply in zip(batch, replies, strict=True)
-            ]
+            for i, call in enumerate(batch):
+                if isinstance(replies[i], redis.exceptions.NoScriptError):
+                    try:
+                        replies[i] = self.script(keys=call.keys, args=call.args)
+                    except redis.RedisError as exc:  # this call only: the others' clicks are already queued
+                        replies[i] = exc
         return replies
 
     @staticmethod
@@ -245,9 +261,10 @@ class Resolution:
 class ClientLimits:
     """One client's counters for the resolve script: its requests, and its 404 answers (a slug scanner's sign)."""
 
-    requests_key: str
+    requests_key: str  # key prefixes: each limit's "amount/window" is appended
     not_found_key: str
-    script_args: tuple[int, int, int, int]  # requests allowed, window (s), 404s allowed, window (s)
+    requests: str  # the limits, "amount window amount window …"
+    not_found: str
 
 
 class Keys:
@@ -404,10 +421,10 @@ class Cache:
         ]
         if limits is None:
             keys += ["", ""]
-            args += ["0", 0, 0, 0, 0]
+            args += ["0", "", ""]
         else:
             keys += [limits.requests_key, limits.not_found_key]
-            args += ["1" if check_limits else "0", *limits.script_args]
+            args += ["1" if check_limits else "0", limits.requests, limits.not_found]
         reply = self.call(lambda r: self._resolve(keys, args))
         if reply is None:
             return Resolution("miss")

@@ -161,8 +161,9 @@ class ClickCapture:
             "vid": digest.hexdigest()[:32],
         }
         query = environ.get("QUERY_STRING", "")
-        if "utm_" in query:
-            for field, value in parse_qsl(query):
+        if "utm" in query:  # utm_ or utm%5F
+            # WSGI hands the raw bytes over as latin-1; they are UTF-8, as werkzeug reads them.
+            for field, value in parse_qsl(query.encode("latin-1", "replace").decode("utf-8", "replace")):
                 value = _clean(value, 200)
                 if field in UTM_FIELDS and value and field not in click:
                     click[field] = value

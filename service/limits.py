@@ -9,7 +9,7 @@ import time
 
 from flask import Flask, current_app, request
 from flask_limiter import Limiter
-from limits import parse
+from limits import parse_many
 from limits.storage import MemoryStorage
 from limits.strategies import FixedWindowRateLimiter
 from redis.backoff import NoBackoff
@@ -83,6 +83,7 @@ def init_app(app: Flask, settings: Settings, redis_url: str, key_prefix: str) ->
     )(app.view_functions[create])
     limiter.limit(settings.rate_limit_lead)(app.blueprints["leads"])
     limiter.exempt(app.blueprints["health"])
+    limiter.exempt(app.blueprints["redirect"])  # RedirectLimits counts those, in the redirect's own script
     return limiter
 
 
@@ -97,9 +98,9 @@ class RedirectLimits:
         self.enabled = settings.rate_limits_enabled
         self.prefix = keys.client_limits_prefix()
         self.visitor_keys = visitor_keys
-        requests, not_found = parse(settings.rate_limit_redirect), parse(settings.rate_limit_not_found)
-        self.script_args = (requests.amount, requests.get_expiry(), not_found.amount, not_found.get_expiry())
-        self.fallback = parse(settings.rate_limit_fallback)
+        self.requests = _script_form(settings.rate_limit_redirect)
+        self.not_found = _script_form(settings.rate_limit_not_found)
+        self.fallback = parse_many(settings.rate_limit_fallback)
         self.memory = FixedWindowRateLimiter(MemoryStorage())
 
     def client(self, environ: dict) -> ClientLimits | None:
@@ -107,11 +108,19 @@ class RedirectLimits:
         if not self.enabled:
             return None
         client = keyed(self.visitor_keys.today(), environ.get("REMOTE_ADDR") or "unknown")
-        return ClientLimits(f"{self.prefix}{client}", f"{self.prefix}{client}:404", self.script_args)
+        return ClientLimits(f"{self.prefix}{client}:", f"{self.prefix}{client}:404:", self.requests, self.not_found)
 
     def allows_without_redis(self, client: ClientLimits | None) -> int:
-        """0 when the in-process fallback limit lets this request through, else the seconds to wait."""
-        if client is None or self.memory.hit(self.fallback, "redirect", client.requests_key):
+        """0 when the in-process fallback limits let this request through, else the seconds to wait."""
+        if client is None:
             return 0
-        reset = self.memory.get_window_stats(self.fallback, "redirect", client.requests_key).reset_time
-        return max(1, int(reset - time.time()) + 1)
+        refused = [limit for limit in self.fallback if not self.memory.hit(limit, "redirect", client.requests_key)]
+        if not refused:
+            return 0
+        resets = [self.memory.get_window_stats(limit, "redirect", client.requests_key).reset_time for limit in refused]
+        return max(1, int(max(resets) - time.time()) + 1)
+
+
+def _script_form(limits: str) -> str:
+    """ "20/second;1200/minute" → "20 1 1200 60": every limit of the string, as the resolve script reads them."""
+    return " ".join(f"{limit.amount} {limit.get_expiry()}" for limit in parse_many(limits))

@@ -22,7 +22,7 @@ from .whatsapp import wa_me_url
 log = logging.getLogger(__name__)
 bp = Blueprint("redirect", __name__)
 NO_STORE = {"Cache-Control": "private, no-store"}
-OUTCOME = "chatlink.redirect_outcome"  # the WSGI environ key the fast path hands its outcome to Flask under
+OUTCOME = "chatlink.redirect_outcome"  # the environ key the fast path hands its outcome (or error) to Flask under
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +144,11 @@ class FastRedirects:
         if environ["REQUEST_METHOD"] in ("GET", "HEAD"):
             match = self.PATH.fullmatch(environ.get("PATH_INFO", ""))
             if match and slugs.could_exist(match[1].lower()):
-                outcome = self.redirector.resolve(match[1], environ)
+                try:
+                    outcome = self.redirector.resolve(match[1], environ)
+                except Exception as exc:  # a bug: let Flask's handlers log it and answer problem+json
+                    environ[OUTCOME] = exc
+                    return self.app(environ, start_response)
                 if outcome.status == 302:
                     start_response("302 Found", [*_redirect_headers(outcome), ("Content-Length", "0")])
                     return [b""]
@@ -164,6 +168,8 @@ def _redirect_headers(outcome: Outcome) -> list[tuple[str, str]]:
 def follow(slug: str) -> Response:
     """302 to the link's wa.me URL; 404 unknown; 410 disabled, deleted, expired or out of clicks; 503 unknowable."""
     outcome = request.environ.get(OUTCOME) or current_app.extensions["redirector"].resolve(slug, request.environ)
+    if isinstance(outcome, Exception):
+        raise outcome
     if outcome.status == 302:  # only without FastRedirects in front
         return current_app.response_class(status=302, headers=_redirect_headers(outcome))
     if outcome.status == 200:

@@ -5,23 +5,24 @@
 # * PostgreSQL and Redis are the local ones (or embedded, as for `make test`): the harness creates and
 #   migrates database chatlink_bench_<random>, writes Redis keys only under chatlink-bench-<random>:, and
 #   drops / deletes both at the end, also after a failure, Ctrl-C or SIGTERM.
-# * Servers run one at a time so that only one of them competes with wrk for the CPUs: first the baseline
-#   (tests/bench/baseline_app.py: Flask answering a fixed 302, no I/O) with exactly the plain settings of
-#   gunicorn.conf.py (copied into a temporary config without its start-up hooks), then Chatlink with
-#   gunicorn.conf.py itself. WEB_CONCURRENCY, WORKER_THREADS and GUNICORN_CMD_ARGS reach both alike.
-#   Load starts only once every worker has booted (see Server.settle).
-# * Scenarios, each one wrk run of BENCH_DURATION with BENCH_CONNECTIONS connections over BENCH_THREADS threads:
+# * Two servers: the baseline (tests/bench/baseline_app.py: Flask answering a fixed 302, no I/O) with exactly
+#   the plain settings of gunicorn.conf.py (copied into a temporary config without its start-up hooks), and
+#   Chatlink with gunicorn.conf.py itself. WEB_CONCURRENCY, WORKER_THREADS and GUNICORN_CMD_ARGS reach both
+#   alike. Both are up for the whole run, but only one is loaded at a time (an idle gunicorn costs next to
+#   nothing). Load starts only once every worker has booted (see Server.settle).
+# * Scenarios, each wrk run BENCH_DURATION long with BENCH_CONNECTIONS connections over BENCH_THREADS threads:
 #     (a) GET /<slug> on the baseline;
 #     (b) GET /<slug> on Chatlink, cycling through BENCH_LINKS links created through the API and then requested
-#         once each, so every request is a Redis cache hit; then the same paced to about half of that rate,
-#         for latency below saturation;
+#         once each, so every request is a Redis cache hit. (a) and (b) alternate BENCH_ROUNDS times and the
+#         median run of each is reported: this machine drifts by more than the gap being measured. Then (b)
+#         paced to about half of its rate, for latency below saturation;
 #     (c) GET /<slug> on Chatlink where every request is a cache miss: links inserted straight into PostgreSQL
 #         (never cached, never requested) and walked through once each, in order, by all wrk threads together;
 #         enough of them are inserted right before the run (from (b)'s rate, an upper bound for (c)'s) that
 #         no slug is requested twice; the script counts any repeat and the harness counts the Redis entries
 #         the run created for those slugs, which is how many slugs missed;
 #     (d) POST /api/v1/links with an API key: a new link with a generated slug per request.
-# * Rate limits are off (RATE_LIMITS_ENABLED=0) and so is the access log (ACCESS_LOG=0).
+# * Rate limits are on, set too high for wrk to reach, so their cost is included; the access log is off.
 # * CPU use of PostgreSQL + Redis and of unrelated processes is measured per run from /proc; a busy machine
 #   is reported, since it understates every figure.
 # * The exit status is non-zero only when the harness itself fails; missed targets are reported, not fatal.
@@ -62,6 +63,15 @@ LUA = HERE / "counter.lua"
 MISS_PREFIX = "bench-miss-"
 CLICK_WAIT_SECONDS = 60
 TARGET_RATIO_B = 0.8
+UNREACHABLE_LIMIT = "1000000000/minute"
+LIMIT_SETTINGS = (
+    "RATE_LIMIT_REDIRECT",
+    "RATE_LIMIT_NOT_FOUND",
+    "RATE_LIMIT_API",
+    "RATE_LIMIT_API_PER_IP",
+    "RATE_LIMIT_CREATE",
+    "RATE_LIMIT_FALLBACK",
+)
 TARGET_P99_B_MS = 10.0
 AGENTS = (
     "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.0 "
@@ -585,7 +595,9 @@ class Bench:
             "REDIS_URL": redis_url,
             "KEY_PREFIX": self.prefix,
             "BASE_URL": "",
-            "RATE_LIMITS_ENABLED": "0",
+            # Rate limits on, as in production, but too high for wrk's one address to reach: their cost is measured.
+            "RATE_LIMITS_ENABLED": "1",
+            **{name: UNREACHABLE_LIMIT for name in LIMIT_SETTINGS},
             "ACCESS_LOG": "0",
             "LOG_LEVEL": os.environ.get("LOG_LEVEL", "warning"),
         }
