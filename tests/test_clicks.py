@@ -354,3 +354,14 @@ def test_an_entry_postgresql_cannot_take_is_set_aside_and_the_rest_are_stored(ap
     [(_, dead)] = drainer.redis.xrange(drainer.dead_letters)
     assert dead["d"] == "{not json" and dead["error"].startswith("undecodable")
     assert drainer.pending() == 0
+
+
+def test_utm_values_are_read_as_utf_8(app, client, make_link, owner_conn):
+    link = make_link()
+    response = client.get(f"/{link['slug']}?utm_campaign=ver%C3%A3o&utm%5Fsource=caf%C3%A9")
+    assert response.status_code == 302
+    drain(app)
+    row = owner_conn.execute(
+        "select utm_campaign, utm_source from clicks where click_id = %s", [response.headers["X-Click-Id"]]
+    ).fetchone()
+    assert tuple(row.values() if isinstance(row, dict) else row) == ("verão", "café")

@@ -92,3 +92,11 @@ def test_a_unix_socket_redis_url_is_spelled_for_the_limits_library():
 
     assert storage_uri("unix:///run/redis.sock") == "redis+unix:///run/redis.sock"
     assert storage_uri("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+def test_every_limit_of_a_redirect_limit_string_is_enforced(make_app, settings, make_link):
+    link = make_link()
+    client = make_app(settings, rate_limit_redirect="100/minute;2/hour").test_client()
+    assert [client.get(f"/{link['slug']}").status_code for _ in range(3)] == [302, 302, 429]
+    refused = client.get(f"/{link['slug']}")
+    assert refused.status_code == 429 and 3500 < int(refused.headers["Retry-After"]) <= 3600

@@ -1,10 +1,16 @@
-"""GET /<slug>: 302 to wa.me from the stored digits and message, 404/410 answers, and the Redis cache in front."""
+"""GET /<slug>: 302 to wa.me from the stored digits and message, 404/410 answers, the Redis cache in front, and
+the hot path: one Redis command per cached redirect, answered by the WSGI fast path in front of Flask."""
 
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import redis
+import requests
 
+from service import slugs
 from service.cache import CachedLink
+from tests.test_live import _create
 
 
 def test_redirect_answers_302_to_wa_me_with_the_encoded_message(client, make_link):
@@ -120,3 +126,65 @@ def test_an_older_edit_reaching_redis_late_does_not_replace_a_newer_one(app, cli
     client.patch(f"/api/v1/links/{link['slug']}", headers=auth, json={"message": "second"})
     cache.store_link(link["slug"], older)  # the first write-through arrives after the second
     assert client.get(f"/{link['slug']}").headers["Location"] == "https://wa.me/5511987654321?text=second"
+
+
+def _commands_sent(redis_url: str, prefix: str, action) -> list[str]:
+    """The commands clients sent to Redis naming a key under prefix while action ran (not those run by scripts)."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    sent, marker = [], f"{prefix}end-of-action"
+    with client.monitor() as monitor:
+        listening = threading.Thread(target=lambda: _collect(monitor, sent, marker))
+        listening.start()
+        action()
+        client.echo(marker)
+        listening.join(10)
+    client.close()
+    return [command for command in sent if prefix in command]
+
+
+def _collect(monitor, sent: list[str], marker: str) -> None:
+    for event in monitor.listen():
+        if marker in event["command"]:
+            return
+        if event.get("client_type") != "lua":
+            sent.append(event["command"])
+
+
+def test_a_cached_redirect_with_rate_limits_on_is_one_redis_command(app, client, make_link, redis_url, key_prefix):
+    assert app.config["SETTINGS"].rate_limits_enabled
+    link = make_link()
+    assert client.get(f"/{link['slug']}").status_code == 302  # fills the cache
+    responses = []
+    sent = _commands_sent(redis_url, key_prefix, lambda: responses.append(client.get(f"/{link['slug']}")))
+    assert responses[0].status_code == 302 and responses[0].headers["X-Click-Id"]
+    assert len(sent) == 1 and sent[0].startswith("EVALSHA"), sent
+
+
+def test_the_fast_path_never_takes_a_fixed_path(app):
+    fixed = {rule.rule[1:] for rule in app.url_map.iter_rules() if rule.rule.count("/") == 1 and "<" not in rule.rule}
+    assert {"livez", "health"} <= fixed
+    assert not any(slugs.could_exist(path.lower()) for path in fixed)
+
+
+def test_an_error_inside_the_fast_path_is_a_logged_problem_not_a_bare_500(app, client, monkeypatch, caplog):
+    def broken(slug, environ):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(app.extensions["redirector"], "resolve", broken)
+    response = client.get("/some-link")
+    assert response.status_code == 500 and response.mimetype == "application/problem+json"
+    assert "a bug" in caplog.text
+
+
+@pytest.mark.live
+def test_gunicorn_answers_the_fast_path_redirect_with_complete_headers(live_server, api_key):
+    server = live_server()
+    link = _create(server, api_key)
+    with requests.Session() as session:  # one keep-alive connection for both
+        first = session.get(link["short_url"], allow_redirects=False, timeout=10)
+        second = session.get(link["short_url"], allow_redirects=False, timeout=10)
+    for response in (first, second):
+        assert response.status_code == 302 and response.headers["Location"] == link["target_url"]
+        assert response.headers["Cache-Control"] == "private, no-store"
+        assert response.headers["Content-Length"] == "0" and response.content == b""
+    assert first.headers["X-Click-Id"] != second.headers["X-Click-Id"]
