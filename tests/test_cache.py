@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -117,3 +118,50 @@ def test_an_interrupted_round_trip_leaves_nobody_waiting(redis_client, key_prefi
     leader.join(5)
     assert interrupted and not batcher._leading
     assert batcher([counter], ["later", ""]) == "later"
+
+
+def _connection_id(batcher: ScriptBatcher) -> int:
+    """The Redis client id of the batcher's own connection (opened by this call if need be)."""
+    return batcher._send([("CLIENT", "ID")])[0]
+
+
+def test_a_connection_redis_dropped_fails_its_batch_and_the_next_call_reconnects(redis_client, key_prefix):
+    batcher = ScriptBatcher(redis_client, ECHO)
+    counter = f"{key_prefix}calls"
+    assert batcher([counter], ["before", ""]) == "before"
+    dropped = _connection_id(batcher)
+    redis_client.client_kill_filter(_id=dropped)
+    with pytest.raises(redis.ConnectionError):
+        batcher([counter], ["lost", ""])
+    assert batcher([counter], ["after", ""]) == "after"
+    assert _connection_id(batcher) != dropped
+    assert redis_client.get(counter) == "2"  # the call on the dropped connection never reached Redis
+
+
+def test_the_batchers_connection_is_not_pooled_and_close_releases_it(redis_client, key_prefix):
+    batcher = ScriptBatcher(redis_client, ECHO)
+    batcher([f"{key_prefix}calls"], ["x", ""])
+    own = _connection_id(batcher)
+    assert own != redis_client.client_id()
+    assert own in {int(client["id"]) for client in redis_client.client_list()}
+    batcher.close()
+    assert own not in {int(client["id"]) for client in redis_client.client_list()}
+    assert batcher([f"{key_prefix}calls"], ["reopened", ""]) == "reopened"
+
+
+def test_a_forked_child_opens_its_own_connection_and_leaves_the_parents_intact(redis_client, key_prefix):
+    batcher = ScriptBatcher(redis_client, ECHO)
+    counter = f"{key_prefix}calls"
+    parent_connection = _connection_id(batcher)
+    child = os.fork()
+    if child == 0:  # the child: a fresh connection, its replies its own
+        ok = False
+        try:
+            ok = _connection_id(batcher) != parent_connection and batcher([counter], ["child", ""]) == "child"
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert batcher([counter], ["parent", ""]) == "parent"
+    assert _connection_id(batcher) == parent_connection
+    assert redis_client.get(counter) == "2"

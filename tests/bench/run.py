@@ -168,6 +168,7 @@ class CpuShare:
     ours: float
     services: float
     other: float
+    serving_seconds: float  # CPU seconds of the servers (gunicorn trees) + PostgreSQL + Redis; wrk not included
 
 
 def _process_times() -> dict[int, tuple[int, int, str]]:
@@ -223,14 +224,16 @@ class CpuMeter:
             ours.add(pid)
             todo.extend(children.get(pid, []))
         ticks = {pid: total - self.processes.get(pid, (0, 0, ""))[1] for pid, (_, total, _) in now.items()}
-        ours_ticks = sum(ticks[pid] for pid in ours)
+        servers_ticks = sum(ticks[pid] for pid in ours if pid != os.getpid())  # wrk has exited: not among them
+        ours_ticks = servers_ticks + ticks[os.getpid()]
         ours_ticks += (_reaped_children_seconds() - self.reaped) * os.sysconf("SC_CLK_TCK")  # wrk, once it exited
         service_ticks = sum(t for pid, t in ticks.items() if pid not in ours and now[pid][2] in SERVICE_COMMANDS)
         # Kernel threads (children of kthreadd, pid 2) mostly move this run's loopback packets (ksoftirqd).
         kernel_ticks = sum(t for pid, t in ticks.items() if pid == 2 or now[pid][0] == 2)
         hertz = os.sysconf("SC_CLK_TCK") * seconds
         other = max(0, busy - ours_ticks - service_ticks - kernel_ticks)
-        return CpuShare(ours_ticks / hertz, service_ticks / hertz, other / hertz)
+        serving = (servers_ticks + service_ticks) / os.sysconf("SC_CLK_TCK")
+        return CpuShare(ours_ticks / hertz, service_ticks / hertz, other / hertz, serving)
 
 
 # --- wrk ------------------------------------------------------------------------------------------------------
@@ -498,18 +501,26 @@ TITLES = {
 
 
 def report(results: dict[str, Result], rounds: dict[str, list[Result]]) -> list[str]:
-    lines = [f"{'scenario':<38} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'pg+redis':>8} {'other':>6}  status codes"]
+    lines = [
+        f"{'scenario':<38} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'cpu/req':>8} {'pg+redis':>8} {'other':>6}"
+        "  status codes"
+    ]
     disturbed = []
     for key, result in results.items():
         errors = result.error_text()
         services = f"{result.cpu.services:.2f}" if result.cpu else "n/a"
         other = f"{result.cpu.other:.2f}" if result.cpu else "n/a"
+        per_request = f"{1e6 * result.cpu.serving_seconds / result.requests:.0f}us" if result.cpu else "n/a"
         if result.cpu and result.cpu.other > OTHER_CPU_WARNING:
             disturbed.append(f"({key})")
         lines.append(
-            f"{TITLES[key]:<38} {result.rps:>9.1f} {result.p50_ms:>8.2f} {result.p99_ms:>8.2f} "
+            f"{TITLES[key]:<38} {result.rps:>9.1f} {result.p50_ms:>8.2f} {result.p99_ms:>8.2f} {per_request:>8} "
             f"{services:>8} {other:>6}  {result.status_text()}{'  socket errors: ' + errors if errors else ''}"
         )
+    lines.append(
+        "cpu/req: CPU time per request of gunicorn (workers, background process) + PostgreSQL + Redis, wrk not "
+        "included; steadier than req/s on a machine whose speed drifts"
+    )
     lines.append(
         "pg+redis, other: CPUs (1.00 = one CPU for the whole run) used by PostgreSQL + Redis, and by processes "
         "other than those, this harness, its gunicorn, wrk and kernel threads"
@@ -528,6 +539,12 @@ def report(results: dict[str, Result], rounds: dict[str, list[Result]]) -> list[
         if rounds["a"] and rounds["b"]:
             ratios = ", ".join(f"{b.rps / a.rps:.2f}" for a, b in zip(rounds["a"], rounds["b"], strict=True))
             lines.append(f"b / a round by round: {ratios}")
+            if all(run.cpu for run in rounds["a"] + rounds["b"]):
+                costs = ", ".join(
+                    f"{(b.cpu.serving_seconds / b.requests) / (a.cpu.serving_seconds / a.requests):.2f}"
+                    for a, b in zip(rounds["a"], rounds["b"], strict=True)
+                )
+                lines.append(f"cpu/req of (b) / cpu/req of (a) round by round: {costs}")
         lines.append("")
     base = results.get("a")
     if base:
