@@ -111,7 +111,7 @@ class Settings:
     whatsapp_api_base: str = env(
         "https://graph.facebook.com/v21.0", _url("http", "https"), "WhatsApp Cloud API base URL."
     )
-    web_concurrency: int = env("2", _int(1, 64), "gunicorn worker processes.")
+    web_concurrency: int = env("4", _int(1, 64), "gunicorn worker processes.")
     worker_threads: int = env("8", _int(1, 64), "Threads per gunicorn worker (gthread).")
     gunicorn_timeout: int = env("30", _int(1, 3600), "Seconds before gunicorn restarts a stuck worker.")
     access_log: bool = env("1", _bool, "Write gunicorn's access log (without client addresses).")
