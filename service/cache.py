@@ -114,6 +114,8 @@ class ScriptBatcher:
     together in the next pipeline. A busy worker pays one round trip (and Redis one read and one write) for
     several redirects; a lone call goes at once, waiting for nobody."""
 
+    IDLE_CHECK_SECONDS = 1.0  # a connection unused for longer is checked before a batch goes out on it
+
     class _Call:
         __slots__ = ("args", "keys", "lead", "reply", "woken")
 
@@ -137,6 +139,7 @@ class ScriptBatcher:
         # per-command work (pool checkout, fork check, health poll), which here cost about as much CPU as the
         # round trip itself (PING through the client ~90 µs, on this connection ~45 µs).
         self._connection: redis.connection.AbstractConnection | None = None
+        self._used_at = 0.0  # monotonic time of the last round trip on it
 
     def __call__(self, keys: list, args: list) -> Any:
         """The script's reply for these keys and args; raises what Redis raised for this call or its batch."""
@@ -188,7 +191,12 @@ class ScriptBatcher:
         """One pipelined round trip on the leader's connection: a reply, or the error Redis answered, per command."""
         connection = self._connection
         if connection is None:
-            connection = self._connection = self.client.connection_pool.make_connection()
+            # Made here, not by the pool's make_connection(): the pool counts those against max_connections
+            # and would never see this one come back, so each reconnect would use up one of its slots.
+            pool = self.client.connection_pool
+            connection = self._connection = pool.connection_class(**pool.connection_kwargs)
+        elif time.monotonic() - self._used_at > self.IDLE_CHECK_SECONDS:
+            self._check_idle(connection)
         try:
             connection.send_packed_command(connection.pack_commands(commands), check_health=False)
             replies = []
@@ -197,14 +205,25 @@ class ScriptBatcher:
                     replies.append(connection.read_response())
                 except redis.ResponseError as exc:  # that command's own error: the connection is still in step
                     replies.append(exc)
+            self._used_at = time.monotonic()
             return replies
         except BaseException:  # half-read, timed out or gone: the next batch starts on a new connection
             self._connection = None
             connection.disconnect()
             raise
 
+    @staticmethod
+    def _check_idle(connection: redis.connection.AbstractConnection) -> None:
+        """Drop a connection the server closed while it sat idle (a restart, an idle timeout), so that the batch
+        about to go out opens a new one instead of failing; one poll, and only after a quiet spell."""
+        try:
+            if connection.can_read(0):
+                raise redis.ConnectionError("data on an idle connection")
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            connection.disconnect()
+
     def close(self) -> None:
-        """Close the leader's connection (the next call opens a new one)."""
+        """Close the leader's connection (the next call opens a new one). For shutdown: not while calls run."""
         connection, self._connection = self._connection, None
         if connection is not None:
             connection.disconnect()

@@ -125,8 +125,20 @@ def _connection_id(batcher: ScriptBatcher) -> int:
     return batcher._send([("CLIENT", "ID")])[0]
 
 
-def test_a_connection_redis_dropped_fails_its_batch_and_the_next_call_reconnects(redis_client, key_prefix):
+def test_a_connection_redis_closed_while_idle_is_replaced_before_the_next_batch(redis_client, key_prefix):
     batcher = ScriptBatcher(redis_client, ECHO)
+    batcher.IDLE_CHECK_SECONDS = 0  # every call counts as after a quiet spell
+    counter = f"{key_prefix}calls"
+    assert batcher([counter], ["before", ""]) == "before"
+    dropped = _connection_id(batcher)
+    redis_client.client_kill_filter(_id=dropped)
+    assert batcher([counter], ["after", ""]) == "after"  # no failed batch, so no tripped breaker
+    assert _connection_id(batcher) != dropped
+    assert redis_client.get(counter) == "2"
+
+
+def test_a_connection_dropped_under_load_fails_its_batch_and_the_next_call_reconnects(redis_client, key_prefix):
+    batcher = ScriptBatcher(redis_client, ECHO)  # busy: used within the last second, so not checked first
     counter = f"{key_prefix}calls"
     assert batcher([counter], ["before", ""]) == "before"
     dropped = _connection_id(batcher)
@@ -134,8 +146,26 @@ def test_a_connection_redis_dropped_fails_its_batch_and_the_next_call_reconnects
     with pytest.raises(redis.ConnectionError):
         batcher([counter], ["lost", ""])
     assert batcher([counter], ["after", ""]) == "after"
-    assert _connection_id(batcher) != dropped
     assert redis_client.get(counter) == "2"  # the call on the dropped connection never reached Redis
+
+
+def test_reconnecting_does_not_use_up_the_client_pool(redis_client, key_prefix):
+    pool = redis.ConnectionPool(
+        connection_class=redis_client.connection_pool.connection_class,
+        max_connections=3,
+        **redis_client.get_connection_kwargs(),
+    )
+    client = redis.Redis(connection_pool=pool)
+    batcher = ScriptBatcher(client, ECHO)
+    for i in range(10):  # more reconnects than the pool allows connections
+        assert batcher([f"{key_prefix}calls"], [str(i), ""]) == str(i)
+        batcher.close()
+    assert client.ping()  # the pool still has its connections to give
+    client.close()
+
+
+def _client_ids(client: redis.Redis) -> set[int]:
+    return {int(entry["id"]) for entry in client.client_list()}
 
 
 def test_the_batchers_connection_is_not_pooled_and_close_releases_it(redis_client, key_prefix):
@@ -143,9 +173,12 @@ def test_the_batchers_connection_is_not_pooled_and_close_releases_it(redis_clien
     batcher([f"{key_prefix}calls"], ["x", ""])
     own = _connection_id(batcher)
     assert own != redis_client.client_id()
-    assert own in {int(client["id"]) for client in redis_client.client_list()}
+    assert own in _client_ids(redis_client)
     batcher.close()
-    assert own not in {int(client["id"]) for client in redis_client.client_list()}
+    deadline = time.monotonic() + 5  # Redis notices the close on its next event-loop turn
+    while own in _client_ids(redis_client) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert own not in _client_ids(redis_client)
     assert batcher([f"{key_prefix}calls"], ["reopened", ""]) == "reopened"
 
 

@@ -170,7 +170,7 @@ class CpuShare:
     ours: float
     services: float
     other: float
-    serving_seconds: float  # CPU seconds of the servers (gunicorn trees) + PostgreSQL + Redis; wrk not included
+    serving_seconds: float  # CPU seconds of the loaded server (its gunicorn tree) + PostgreSQL + Redis
 
 
 def _process_times() -> dict[int, tuple[int, int, str]]:
@@ -203,7 +203,8 @@ def _busy_ticks() -> int:
 class CpuMeter:
     """Measures, on Linux, how much CPU unrelated processes took while wrk ran: they distort the figures."""
 
-    def __init__(self) -> None:
+    def __init__(self, server_pid: int | None = None) -> None:
+        self.server_pid = server_pid  # the gunicorn master under load: its tree is the server in cpu/req
         self.enabled = Path("/proc/stat").exists()
         if self.enabled:
             self.started = time.monotonic()
@@ -220,21 +221,28 @@ class CpuMeter:
         children: dict[int, list[int]] = {}
         for pid, (ppid, _, _) in now.items():
             children.setdefault(ppid, []).append(pid)
-        ours, todo = set(), [os.getpid()]
-        while todo:
-            pid = todo.pop()
-            ours.add(pid)
-            todo.extend(children.get(pid, []))
+
+        def tree(root: int) -> set[int]:
+            found, todo = set(), [root]
+            while todo:
+                pid = todo.pop()
+                found.add(pid)
+                todo.extend(children.get(pid, []))
+            return found
+
+        ours = tree(os.getpid())  # this harness and both servers; wrk has exited and been reaped
         ticks = {pid: total - self.processes.get(pid, (0, 0, ""))[1] for pid, (_, total, _) in now.items()}
-        servers_ticks = sum(ticks[pid] for pid in ours if pid != os.getpid())  # wrk has exited: not among them
-        ours_ticks = servers_ticks + ticks[os.getpid()]
+        ours_ticks = sum(ticks[pid] for pid in ours)
         ours_ticks += (_reaped_children_seconds() - self.reaped) * os.sysconf("SC_CLK_TCK")  # wrk, once it exited
+        # Only the loaded server: the idle one (e.g. Chatlink's drainer between rounds) is not (a)'s cost.
+        server = tree(self.server_pid) if self.server_pid in now else ours - {os.getpid()}
+        server_ticks = sum(ticks[pid] for pid in server)
         service_ticks = sum(t for pid, t in ticks.items() if pid not in ours and now[pid][2] in SERVICE_COMMANDS)
         # Kernel threads (children of kthreadd, pid 2) mostly move this run's loopback packets (ksoftirqd).
         kernel_ticks = sum(t for pid, t in ticks.items() if pid == 2 or now[pid][0] == 2)
         hertz = os.sysconf("SC_CLK_TCK") * seconds
         other = max(0, busy - ours_ticks - service_ticks - kernel_ticks)
-        serving = (servers_ticks + service_ticks) / os.sysconf("SC_CLK_TCK")
+        serving = (server_ticks + service_ticks) / os.sysconf("SC_CLK_TCK")
         return CpuShare(ours_ticks / hertz, service_ticks / hertz, other / hertz, serving)
 
 
@@ -285,8 +293,11 @@ def parse_wrk(name: str, output: str) -> Result:
     )
 
 
-def run_wrk(wrk: str, options: Options, name: str, url: str, *script_args: str, pace_ms: float = 0) -> Result:
-    """One wrk run against url with counter.lua in the given mode; pace_ms: mean wait before each request."""
+def run_wrk(
+    wrk: str, options: Options, name: str, url: str, *script_args: str, pace_ms: float = 0, server_pid: int = 0
+) -> Result:
+    """One wrk run against url with counter.lua in the given mode; pace_ms: mean wait before each request;
+    server_pid: the gunicorn master serving url, whose tree's CPU time is the run's cpu/req."""
     command = [
         wrk,
         f"-t{options.threads}",
@@ -302,7 +313,7 @@ def run_wrk(wrk: str, options: Options, name: str, url: str, *script_args: str, 
         *script_args,
     ]
     print(f"  running {name} for {options.duration_s}s ...", flush=True)
-    meter = CpuMeter()
+    meter = CpuMeter(server_pid)
     env = {**os.environ, "CHATLINK_BENCH_PACE_MS": f"{pace_ms:.1f}" if pace_ms else ""}
     done = subprocess.run(command, capture_output=True, text=True, timeout=options.duration_s + 60, env=env)
     if done.returncode != 0:
@@ -521,8 +532,8 @@ def report(results: dict[str, Result], rounds: dict[str, list[Result]]) -> list[
             f"{services:>8} {other:>6}  {result.status_text()}{'  socket errors: ' + errors if errors else ''}"
         )
     lines.append(
-        "cpu/req: CPU time per request of gunicorn (workers, background process) + PostgreSQL + Redis, wrk not "
-        "included; steadier than req/s on a machine whose speed drifts"
+        "cpu/req: CPU time per request of the loaded server (gunicorn workers, background process) + PostgreSQL + "
+        "Redis, wrk not included; steadier than req/s on a machine whose speed drifts"
     )
     lines.append(
         "pg+redis, other: CPUs (1.00 = one CPU for the whole run) used by PostgreSQL + Redis, and by processes "
@@ -599,6 +610,7 @@ class Bench:
         self.results: dict[str, Result] = {}
         self.rounds: dict[str, list[Result]] = {"a": [], "b": []}  # every run of the alternating scenarios
         self.notes: list[str] = []
+        self.server_pids: dict[str, int] = {}  # base URL -> its gunicorn master's pid
 
         # Our own database and Redis namespace, dropped / deleted however the run ends.
         pg_server, self.pg_how = localservices.server_url(ROOT / ".data")
@@ -669,10 +681,12 @@ class Bench:
     def server(self, label: str, args: list[str]) -> Server:
         started = Server(label, args, self.env, self.workdir / f"{label}.log")
         self.cleanup.callback(started.stop)
+        self.server_pids[started.url] = started.process.pid
         return started
 
     def wrk_run(self, name: str, url: str, *script_args: str, pace_ms: float = 0) -> Result:
-        return run_wrk(self.wrk, self.options, name, url, *script_args, pace_ms=pace_ms)
+        pid = self.server_pids.get(url, 0)
+        return run_wrk(self.wrk, self.options, name, url, *script_args, pace_ms=pace_ms, server_pid=pid)
 
     def start_baseline(self) -> Server:
         """(a)'s server: the bare app under the same gunicorn settings (gunicorn.conf.py without its hooks)."""
