@@ -25,8 +25,8 @@
 #     (d) POST /api/v1/links with an API key: a new link with a generated slug per request.
 # * Rate limits are on, set too high for wrk to reach, so their cost is included; the access log is off.
 # * CPU use of PostgreSQL + Redis and of unrelated processes is measured per run from /proc; a busy machine
-#   is reported, since it understates every figure. CPU time per request (servers + PostgreSQL + Redis, wrk
-#   left out) is printed too: it drifts far less than requests/s here.
+#   is reported, since it understates every figure. CPU time per request (the loaded server + PostgreSQL + Redis,
+#   wrk left out) is printed too: it drifts far less than requests/s here.
 # * The exit status is non-zero only when the harness itself fails; missed targets are reported, not fatal.
 
 from __future__ import annotations
@@ -148,6 +148,11 @@ class Result:
     errors: dict[str, int]
     output: str = field(repr=False)
     cpu: CpuShare | None = None
+
+    @property
+    def cpu_per_request(self) -> float | None:
+        """Seconds of CPU the loaded server, PostgreSQL and Redis spent per request (None off Linux)."""
+        return self.cpu.serving_seconds / self.requests if self.cpu else None
 
     def status_text(self) -> str:
         return " ".join(f"{code}={n}" for code, n in sorted(self.statuses.items())) or "none"
@@ -524,7 +529,7 @@ def report(results: dict[str, Result], rounds: dict[str, list[Result]]) -> list[
         errors = result.error_text()
         services = f"{result.cpu.services:.2f}" if result.cpu else "n/a"
         other = f"{result.cpu.other:.2f}" if result.cpu else "n/a"
-        per_request = f"{1e6 * result.cpu.serving_seconds / result.requests:.0f}us" if result.cpu else "n/a"
+        per_request = f"{1e6 * result.cpu_per_request:.0f}us" if result.cpu else "n/a"
         if result.cpu and result.cpu.other > OTHER_CPU_WARNING:
             disturbed.append(f"({key})")
         lines.append(
@@ -555,7 +560,7 @@ def report(results: dict[str, Result], rounds: dict[str, list[Result]]) -> list[
             lines.append(f"b / a round by round: {ratios}")
             if all(run.cpu for run in rounds["a"] + rounds["b"]):
                 costs = ", ".join(
-                    f"{(b.cpu.serving_seconds / b.requests) / (a.cpu.serving_seconds / a.requests):.2f}"
+                    f"{b.cpu_per_request / a.cpu_per_request:.2f}"
                     for a, b in zip(rounds["a"], rounds["b"], strict=True)
                 )
                 lines.append(f"cpu/req of (b) / cpu/req of (a) round by round: {costs}")
