@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help install run test bench ledger lint migrate rollback api-key revoke-key
+.PHONY: help install lock run test test-fast bench ledger lint fmt migrate rollback api-key revoke-key
 
 help: ## list the tasks
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -17,11 +17,25 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 
 install: $(VENV)/.installed ## create .venv and install the pinned requirements
 
+# pip-compile with this machine's pip configuration switched off, so the lock names only the public index.
+PIP_COMPILE = env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null CUSTOM_COMPILE_COMMAND="make lock" \
+	/tmp/chatlink-piptools/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+	--no-emit-index-url --no-emit-find-links
+
+lock: ## re-pin requirements.txt / requirements-dev.txt (with hashes) from requirements.in / requirements-dev.in
+	rm -rf /tmp/chatlink-piptools && $(PYTHON) -m venv /tmp/chatlink-piptools
+	/tmp/chatlink-piptools/bin/pip install --quiet pip-tools==7.6.2
+	$(PIP_COMPILE) -o requirements.txt requirements.in
+	$(PIP_COMPILE) -o requirements-dev.txt requirements-dev.in
+
 run: install ## serve on http://127.0.0.1:PORT (default 8000) under gunicorn (finds or starts PostgreSQL and Redis, migrates)
 	$(VENV)/bin/gunicorn -c gunicorn.conf.py wsgi:app
 
-test: install ## run the test suite against real PostgreSQL and Redis
+test: install ## run the test suite against real PostgreSQL and Redis (and gunicorn, and Chromium when installed)
 	$(PY) -m pytest
+
+test-fast: install ## the tests that need no live gunicorn and no browser
+	$(PY) -m pytest -m "not live"
 
 bench: install ## benchmark redirects and link creation with wrk (own database and Redis prefix; ~1 min)
 	$(PY) -m tests.bench.run
@@ -31,6 +45,9 @@ ledger: install ## the click ledger: every X-Click-Id a client got is stored onc
 
 lint: install ## ruff lint and format check
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+fmt: install ## ruff: fix what it can and format
+	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .
 
 migrate: install ## apply pending migrations
 	$(PY) -m service.cli migrate

@@ -1,15 +1,15 @@
 """gunicorn settings from the environment, and the one-time start-up steps: find or start services, migrate."""
 
+import dataclasses
 import logging
-import os
 import re
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
-from service import localservices, migrations
+from service import config as chatlink_config
 from service.config import ConfigError, load_settings
+from service.platform import localservices, migrations
 
 try:
     settings = load_settings()
@@ -54,11 +54,17 @@ def post_fork(server, worker):
 
 
 def on_starting(server):
-    """Before any worker forks: resolve PostgreSQL/Redis (configured, local or embedded) and migrate once."""
+    """Before any worker forks: resolve PostgreSQL/Redis (configured, local or embedded) and migrate once. The
+    resolved settings are installed in this process, so the workers it forks inherit them."""
+    global settings
     _hide_addresses(server)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    os.environ.update(localservices.resolve_for_run(Path(__file__).resolve().parent / ".data"))
-    applied = migrations.migrate(os.environ["DATABASE_URL"])
+    database_url, redis_url = localservices.resolve_for_run(
+        settings.database_url, settings.redis_url, settings.require_services
+    )
+    settings = dataclasses.replace(settings, database_url=database_url, redis_url=redis_url)
+    chatlink_config.install(settings)
+    applied = migrations.migrate(settings.database_url)
     server.log.info("migrations applied: %s", ", ".join(applied) if applied else "none pending")
 
 
@@ -71,7 +77,8 @@ class Background:
 
     def supervise(self, server) -> None:
         while not self.stopping.is_set():
-            self.process = subprocess.Popen([sys.executable, "-m", "service.background"])
+            environ = chatlink_config.child_environ(chatlink_config.current())  # the resolved service URLs too
+            self.process = subprocess.Popen([sys.executable, "-m", "service.background"], env=environ)
             server.log.info("background process (click drainer, outbox deliverer) started: pid %s", self.process.pid)
             status = self.process.wait()
             if not self.stopping.is_set():

@@ -1,4 +1,4 @@
-"""Chatlink: WhatsApp short links. create_app() wires settings → pool → cache → blueprints → limiter → errors."""
+"""Chatlink: WhatsApp short links. create_app() wires settings → platform (pool, Redis) → domains → errors, limits."""
 
 from __future__ import annotations
 
@@ -8,66 +8,73 @@ from pathlib import Path
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import background, clicks, errors, limits, webhooks
-from .cache import Cache
-from .clicks import STAGING_DDL
-from .config import Settings, load_settings
-from .db import Database, app_conninfo
-from .jsonbody import MAX_BODY_BYTES
-from .slugs import SlugConverter
+from . import config, health, ratelimit
+from .analytics import routes as analytics
+from .clicks.capture import ClickCapture
+from .clicks.pipeline import STAGING_DDL, ClickSink, Spool
+from .config import Settings
+from .leads import routes as leads
+from .links import routes as links
+from .links.slugs import SlugConverter
+from .links.store import LinkCache
+from .platform import errors
+from .platform.db import Database, app_conninfo
+from .platform.http import MAX_BODY_BYTES
+from .platform.redis import RedisClient
+from .platform.secrets import Signer, VisitorKeys
+from .redirect import routes as redirect
+from .redirect.fastpath import FastRedirects
+from .redirect.limits import RedirectLimits
+from .redirect.resolver import Redirector
+from .webhooks import routes as webhooks
 
 
 def create_app(settings: Settings | None = None) -> Flask:
-    """Build the WSGI app from settings (default: the environment)."""
-    settings = settings or load_settings()
+    """Build the WSGI app from settings (default: those installed in this process, else the environment)."""
+    settings = settings or config.current()
     if not settings.database_url or not settings.redis_url:
         raise RuntimeError("DATABASE_URL and REDIS_URL must be set (make run finds or starts them)")
     app = Flask(__name__)
     app.url_map.converters["slug"] = SlugConverter
-    app.config.update(
-        SETTINGS=settings,
-        MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
-        JSON_SORT_KEYS=False,
-        APP_DATABASE_URL=app_conninfo(settings.database_url, settings.app_database_url),
-    )
+    app.config.update(SETTINGS=settings, MAX_CONTENT_LENGTH=MAX_BODY_BYTES, JSON_SORT_KEYS=False)
     logging.getLogger("service").setLevel(settings.log_level.upper())
 
-    conninfo = app.config["APP_DATABASE_URL"]
-    db = Database(conninfo, size=settings.db_pool_size, timeout_ms=settings.db_timeout_ms, setup_sql=STAGING_DDL)
+    # The platform: one pool and one Redis client per process, opened lazily so the app starts without them.
+    db = Database(
+        app_conninfo(settings.database_url, settings.app_database_url),
+        size=settings.db_pool_size,
+        timeout_ms=settings.db_timeout_ms,
+        setup_sql=STAGING_DDL,
+    )
     db.open()
-    cache = Cache.from_settings(settings)
-    # The drainer and deliverer run in the background process (service/background.py); the app holds them
-    # too so that tests, and operators from a shell, can run one step at a time.
-    drainer, deliverer = background.build(settings, cache, conninfo)
+    redis = RedisClient.from_settings(settings)
+    visitor_keys = VisitorKeys(db)
+
+    # The domains' long-lived parts.
+    link_cache = LinkCache(redis, ttl=settings.cache_ttl_seconds, not_found_ttl=settings.not_found_ttl_seconds)
+    capture = ClickCapture(visitor_keys, settings.country_header, settings.honor_dnt)
+    sink = ClickSink(db, Spool(Path(settings.spool_dir)))
+    redirector = Redirector(redis, link_cache, db, capture, sink, RedirectLimits(settings, redis, visitor_keys))
     app.extensions.update(
-        db=db,
-        cache=cache,
-        drainer=drainer,
-        deliverer=deliverer,
-        click_sink=clicks.ClickSink(db, clicks.Spool(Path(settings.spool_dir))),
-        click_capture=clicks.ClickCapture(clicks.VisitorKeys(db), settings.country_header, settings.honor_dnt),
+        {
+            "chatlink.db": db,
+            "chatlink.redis": redis,
+            "chatlink.visitor_keys": visitor_keys,
+            "chatlink.form_tokens": Signer(db, "form-tokens", salt="lead-form"),
+            "chatlink.link_cache": link_cache,
+            "chatlink.click_capture": capture,
+            "chatlink.click_sink": sink,
+            "chatlink.redirector": redirector,
+        }
     )
 
-    from . import analytics, health, leads, links, redirect
-
-    app.register_blueprint(health.bp)
-    app.register_blueprint(links.bp)
-    app.register_blueprint(analytics.bp)
-    app.register_blueprint(leads.api)
-    app.register_blueprint(webhooks.bp)
-    app.register_blueprint(leads.bp)
-    leads.init_app(app)
+    for blueprint in (health.bp, links.bp, analytics.bp, leads.api, webhooks.bp, leads.bp):
+        app.register_blueprint(blueprint)
     app.register_blueprint(redirect.bp)  # last: /<slug> must not shadow the fixed paths
     errors.init_app(app)
-    app.extensions["chatlink_limiter"] = limits.init_app(app, settings, settings.redis_url, cache.keys.limiter_prefix())
-    app.extensions["redirector"] = redirect.Redirector(
-        cache,
-        db,
-        app.extensions["click_capture"],
-        app.extensions["click_sink"],
-        limits.RedirectLimits(settings, cache.keys, app.extensions["click_capture"].visitor_keys),
-    )
-    app.wsgi_app = redirect.FastRedirects(app.wsgi_app, app.extensions["redirector"])
+    ratelimit.init_app(app, settings, redis)
+
+    app.wsgi_app = FastRedirects(app.wsgi_app, redirector)
     if settings.trusted_proxies:  # outermost, so that everything inside sees the client's address
         app.wsgi_app = ProxyFix(
             app.wsgi_app,
@@ -78,3 +85,9 @@ def create_app(settings: Settings | None = None) -> Flask:
             x_prefix=0,
         )
     return app
+
+
+def close_app(app: Flask) -> None:
+    """Close what create_app opened: the pool and the Redis connections."""
+    app.extensions["chatlink.db"].close()
+    app.extensions["chatlink.redis"].close()

@@ -10,10 +10,10 @@ import secrets
 from collections.abc import Callable
 
 import psycopg
-from flask import current_app, g, request
+from flask import g, request
 
-from .db import query
-from .errors import ApiError
+from .platform.db import database, query
+from .platform.errors import ApiError
 
 # clk_<public id>_<secret>: the fixed prefix lets secret scanners recognise leaked keys; look-up is by the
 # public id so the secret itself is never searched for, only compared in constant time.
@@ -62,7 +62,7 @@ def authenticate() -> int:
     public_id = public_id_of(header)
     if public_id is None:
         raise _unauthorized("The API key is malformed.")
-    row = current_app.extensions["db"].fetch_one("find_api_key", {"public_id": public_id})
+    row = database().unscoped_one("find_api_key", {"public_id": public_id})
     presented = hash_key(header[7:].strip())
     if row is None or not hmac.compare_digest(bytes(row["secret_hash"]), presented):
         raise _unauthorized("The API key is not valid.")

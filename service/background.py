@@ -9,62 +9,85 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
-from .cache import Cache
-from .clicks import STAGING_DDL, Drainer, Spool
+from .clicks.drainer import Drainer
+from .clicks.pipeline import STAGING_DDL, Spool
 from .config import Settings, load_settings
-from .db import Database, app_conninfo
-from .webhooks import Deliverer
+from .platform.db import Database, app_conninfo
+from .platform.redis import RedisClient
+from .webhooks.deliverer import Deliverer
 
 log = logging.getLogger(__name__)
 
 
-def build(settings: Settings, cache: Cache, conninfo: str) -> tuple[Drainer, Deliverer]:
+@dataclass
+class BackgroundWork:
     """The drainer and the deliverer, sharing one small pool that opens connections only when used."""
-    db = Database(conninfo, size=2, timeout_ms=max(settings.db_timeout_ms, 10000), setup_sql=STAGING_DDL, min_size=0)
-    db.open()
-    drainer = Drainer(
-        cache,
-        db,
-        Spool(Path(settings.spool_dir)),
-        batch=settings.drain_batch,
-        reclaim_idle_ms=settings.reclaim_idle_ms,
-        gather_ms=settings.drain_gather_ms,
-    )
-    deliverer = Deliverer(
-        db,
-        whatsapp_base=settings.whatsapp_api_base,
-        timeout=settings.webhook_timeout_seconds,
-        max_attempts=settings.webhook_max_attempts,
-        retry_base_seconds=settings.webhook_retry_base_seconds,
-        allow_private=settings.webhook_allow_private,
-    )
-    return drainer, deliverer
+
+    drainer: Drainer
+    deliverer: Deliverer
+    db: Database
+    redis: RedisClient
+
+    @classmethod
+    def build(cls, settings: Settings) -> BackgroundWork:
+        """Both workers as the settings describe them (not started)."""
+        db = Database(
+            app_conninfo(settings.database_url, settings.app_database_url),
+            size=2,
+            timeout_ms=max(settings.db_timeout_ms, 10000),
+            setup_sql=STAGING_DDL,
+            min_size=0,
+        )
+        db.open()
+        redis = RedisClient.from_settings(settings)
+        drainer = Drainer(
+            redis,
+            db,
+            Spool(Path(settings.spool_dir)),
+            batch=settings.drain_batch,
+            reclaim_idle_ms=settings.reclaim_idle_ms,
+            gather_ms=settings.drain_gather_ms,
+        )
+        deliverer = Deliverer(
+            db,
+            whatsapp_base=settings.whatsapp_api_base,
+            timeout=settings.webhook_timeout_seconds,
+            max_attempts=settings.webhook_max_attempts,
+            retry_base_seconds=settings.webhook_retry_base_seconds,
+            allow_private=settings.webhook_allow_private,
+        )
+        return cls(drainer, deliverer, db, redis)
+
+    def stop(self) -> None:
+        """Stop both threads (letting the current batch finish) and close the connections."""
+        self.drainer.stop()
+        self.deliverer.stop()
+        self.db.close()
+        self.redis.close()
 
 
 def main() -> None:
     """Run until SIGTERM or SIGINT, then let the current batch finish."""
     logging.basicConfig(level=logging.INFO, format="[background] %(levelname)s %(message)s")
     settings = load_settings()
-    cache = Cache.from_settings(settings)
-    drainer, deliverer = build(settings, cache, app_conninfo(settings.database_url, settings.app_database_url))
+    work = BackgroundWork.build(settings)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     if settings.drain_clicks:
-        drainer.start()
+        work.drainer.start()
     if settings.deliver_events:
-        deliverer.start()
+        work.deliverer.start()
     log.info(
         "click drainer %s, outbox deliverer %s",
         "on" if settings.drain_clicks else "off",
         "on" if settings.deliver_events else "off",
     )
     stop.wait()
-    drainer.stop()
-    deliverer.stop()
-    drainer.db.close()
+    work.stop()
 
 
 if __name__ == "__main__":

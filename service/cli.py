@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from pathlib import Path
 
 import psycopg
 
-from . import auth, localservices, migrations
+from . import auth
+from .config import ConfigError, Settings, load_settings
+from .platform import localservices, migrations
 
-DATA_DIR = Path(__file__).resolve().parent.parent / ".data"
 
-
-def owner_url() -> str:
+def owner_url(settings: Settings) -> str:
     """DATABASE_URL, or the local/embedded database `make run` uses."""
-    if os.environ.get("DATABASE_URL"):
-        return os.environ["DATABASE_URL"]
-    server, _ = localservices.server_url(DATA_DIR)
+    if settings.database_url:
+        return settings.database_url
+    server, _ = localservices.server_url(localservices.DATA_DIR, settings.require_services)
     localservices.create_database(server, "chatlink")
     return localservices.with_database(server, "chatlink")
 
@@ -35,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     revoke.add_argument("key_prefix")
     args = parser.parse_args(argv)
     try:
-        url = owner_url()
+        url = owner_url(load_settings())
         if args.command == "migrate":
             applied = migrations.migrate(url)
             print("applied: " + ", ".join(applied) if applied else "nothing to apply")
@@ -55,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"no live key with public id '{public_id}'", file=sys.stderr)
                     return 1
             print(f"revoked key {public_id}")
-    except (migrations.MigrationError, localservices.ServiceUnavailable, psycopg.Error) as exc:
+    except (ConfigError, migrations.MigrationError, localservices.ServiceUnavailable, psycopg.Error) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -7,6 +7,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 
+from flask import current_app
 from limits import parse_many
 
 
@@ -116,6 +117,9 @@ class Settings:
     gunicorn_timeout: int = env("30", _int(1, 3600), "Seconds before gunicorn restarts a stuck worker.")
     access_log: bool = env("1", _bool, "Write gunicorn's access log (without client addresses).")
     log_level: str = env("info", _text, "gunicorn/app log level.")
+    require_services: bool = env(
+        "0", _bool, "1: never start embedded PostgreSQL/Redis; fail when the local ones do not answer (CI)."
+    )
 
     @property
     def public_base_url(self) -> str:
@@ -138,6 +142,34 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
         except ValueError as exc:
             raise ConfigError(f"invalid {name}={raw!r}: {exc}") from None
     return Settings(**values)
+
+
+def child_environ(settings: Settings) -> dict[str, str]:
+    """The environment a child process is started with: this one, with every setting spelled as its variable."""
+    spelled = dict(os.environ)
+    for f in fields(Settings):
+        value = getattr(settings, f.name)
+        spelled[f.name.upper()] = ("1" if value else "0") if isinstance(value, bool) else str(value)
+    return spelled
+
+
+_installed: Settings | None = None
+
+
+def install(settings: Settings) -> None:
+    """Make settings the process's own (the gunicorn master, after resolving services, before its workers fork)."""
+    global _installed
+    _installed = settings
+
+
+def current() -> Settings:
+    """The settings installed in this process (inherited by forked workers), else those of the environment."""
+    return _installed or load_settings()
+
+
+def settings() -> Settings:
+    """The request's app's settings."""
+    return current_app.config["SETTINGS"]
 
 
 def documented_settings() -> list[tuple[str, str, str]]:

@@ -9,7 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
 import psycopg
-from flask import Blueprint, Response, current_app
+from flask import Blueprint, Response
+
+from .clicks.pipeline import click_sink
+from .platform.db import database
+from .platform.redis import redis_client
 
 bp = Blueprint("health", __name__)
 CHECK_TIMEOUT_SECONDS = 0.5
@@ -48,8 +52,8 @@ def _timed(check: Callable[[], None]) -> tuple[bool, float, str | None]:
 @bp.get("/health")
 def health() -> Response:
     """pass (200), warn with Redis down (200), fail with PostgreSQL down (503); one check per dependency."""
-    postgres = _timed(_postgres_check(current_app.config["APP_DATABASE_URL"]))
-    redis_ok = _timed(current_app.extensions["cache"].ping)
+    postgres = _timed(_postgres_check(database().conninfo))
+    redis_ok = _timed(redis_client().ping)
     checks = {}
     for name, (ok, latency, error) in (("postgresql:connection", postgres), ("redis:connection", redis_ok)):
         entry = {
@@ -63,7 +67,7 @@ def health() -> Response:
             entry["output"] = error
         checks[name] = [entry]
     # This process's count of clicks no store could take (Redis, PostgreSQL and the spool all failed).
-    dropped = current_app.extensions["click_sink"].dropped
+    dropped = click_sink().dropped
     checks["clicks:dropped"] = [
         {"componentType": "component", "observedValue": dropped, "status": "pass" if dropped == 0 else "warn"}
     ]

@@ -1,4 +1,5 @@
-"""Real PostgreSQL and Redis fixtures (a database and a key prefix of our own), app, client, api_key, make_link."""
+"""Real PostgreSQL and Redis fixtures (a database and a key prefix of our own), app, client, api_key, make_link, and
+the background workers (drainer, deliverer) the tests run a step at a time."""
 
 from __future__ import annotations
 
@@ -16,9 +17,12 @@ import pytest
 import redis
 import requests
 
-from service import create_app, localservices, migrations
+from service import close_app, create_app
 from service.auth import issue_key
+from service.background import BackgroundWork
 from service.config import load_settings
+from service.platform import localservices, migrations
+from tests.support import drop_database, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_ID = uuid.uuid4().hex[:10]
@@ -27,7 +31,7 @@ RUN_ID = uuid.uuid4().hex[:10]
 @pytest.fixture(scope="session")
 def pg_server() -> str:
     """URL of a PostgreSQL server's maintenance database: 127.0.0.1:5432 or an embedded one."""
-    url, _ = localservices.server_url(ROOT / ".data")
+    url, _ = localservices.server_url(ROOT / ".data", load_settings().require_services)
     return url
 
 
@@ -39,13 +43,13 @@ def database_url(pg_server: str):
     url = localservices.with_database(pg_server, name)
     migrations.migrate(url)
     yield url
-    localservices.drop_database(pg_server, name)
+    drop_database(pg_server, name)
 
 
 @pytest.fixture(scope="session")
 def redis_url():
     """A Redis server; every key this run writes starts with its own prefix and is deleted after it."""
-    url, _ = localservices.redis_url(ROOT / ".data")
+    url, _ = localservices.redis_url(ROOT / ".data", load_settings().require_services)
     yield url
     client = redis.Redis.from_url(url)
     for key in client.scan_iter(match=f"chatlink-test-{RUN_ID}:*", count=1000):
@@ -89,26 +93,58 @@ def make_app():
 
     yield build
     for app in apps:
-        app.extensions["drainer"].stop()
-        app.extensions["deliverer"].stop()
-        app.extensions["drainer"].db.close()
-        app.extensions["db"].close()
-        app.extensions["cache"].close()
+        if "tests.background" in app.extensions:
+            app.extensions["tests.background"].stop()
+        close_app(app)
 
 
-def drain(app) -> int:
-    """Move every queued click of app's stream into PostgreSQL; return how many entries moved."""
-    drainer, moved = app.extensions["drainer"], 0
-    while True:
-        step = drainer.drain_once()
-        moved += step
-        if not step:
-            return moved
+def background_for(app) -> BackgroundWork:
+    """The background process's drainer and deliverer for app's settings, built once per app and not started:
+    tests run one step at a time (or start them, as the background process does)."""
+    if "tests.background" not in app.extensions:
+        app.extensions["tests.background"] = BackgroundWork.build(app.config["SETTINGS"])
+    return app.extensions["tests.background"]
 
 
 @pytest.fixture
 def app(make_app, settings):
     return make_app(settings)
+
+
+@pytest.fixture
+def drainer(app):
+    return background_for(app).drainer
+
+
+@pytest.fixture
+def deliverer(app):
+    return background_for(app).deliverer
+
+
+@pytest.fixture
+def redis_client(app):
+    """app's Redis client (with its key prefix and breaker)."""
+    return app.extensions["chatlink.redis"]
+
+
+@pytest.fixture
+def link_cache(app):
+    return app.extensions["chatlink.link_cache"]
+
+
+@pytest.fixture
+def db(app):
+    return app.extensions["chatlink.db"]
+
+
+def drain(app) -> int:
+    """Move every queued click of app's stream into PostgreSQL; return how many entries moved."""
+    drainer, moved = background_for(app).drainer, 0
+    while True:
+        step = drainer.drain_once()
+        moved += step
+        if not step:
+            return moved
 
 
 @pytest.fixture
@@ -163,7 +199,7 @@ class SilentServer:
     def __init__(self) -> None:
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", localservices.free_port(23000, 24000)))
+        self.sock.bind(("127.0.0.1", free_port(23000, 24000)))
         self.sock.listen(128)
         self.port = self.sock.getsockname()[1]
         self.held: list[socket.socket] = []
@@ -195,14 +231,14 @@ def silent_server():
 @pytest.fixture
 def dead_port() -> int:
     """A port nothing listens on: a stopped service."""
-    return localservices.free_port(24000, 25000)
+    return free_port(24000, 25000)
 
 
 class LiveServer:
     """gunicorn with the production config, serving the app over real HTTP on a free port."""
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.port = localservices.free_port(25000, 27000)
+        self.port = free_port(25000, 27000)
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         full_env = {**os.environ, **env, "PORT": str(self.port)}

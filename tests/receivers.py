@@ -1,12 +1,28 @@
-"""Local HTTP peers for the tests: a webhook receiver that can be down, and a WhatsApp Cloud API stand-in."""
+"""Local HTTP peers for the tests: a webhook receiver that can be down (and checks signatures as a receiver
+would), and a WhatsApp Cloud API stand-in."""
 
 from __future__ import annotations
 
+import hmac
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from service.localservices import free_port
+from service.webhooks.signing import sign
+from tests.support import free_port
+
+
+def verify(secret: str, header: str, body: bytes, tolerance: int = 300, now: float | None = None) -> bool:
+    """What a receiver does with X-Chatlink-Signature: recompute it and refuse stale timestamps (replays)."""
+    try:
+        parts = dict(item.split("=", 1) for item in header.split(","))
+        timestamp = int(parts["t"])
+    except (ValueError, KeyError):
+        return False
+    if abs((now or time.time()) - timestamp) > tolerance:
+        return False
+    return hmac.compare_digest(sign(secret, timestamp, body), header)
 
 
 class _Server:

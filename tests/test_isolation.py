@@ -3,7 +3,7 @@
 import psycopg
 import pytest
 
-from service.db import APP_ROLE, app_conninfo
+from service.platform.db import APP_ROLE, app_conninfo
 
 
 @pytest.fixture

@@ -14,9 +14,10 @@ import psycopg
 import pytest
 import requests
 
-from service import localservices, migrations
 from service.auth import issue_key
+from service.platform import localservices, migrations
 from tests.conftest import LiveServer
+from tests.support import free_port
 
 pytestmark = pytest.mark.live
 
@@ -25,7 +26,7 @@ class PrivateRedis:
     """A redis-server of this test's own, with every write fsynced to its append-only file before the reply."""
 
     def __init__(self, directory: Path) -> None:
-        self.port = localservices.free_port(27000, 28000)
+        self.port = free_port(27000, 28000)
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.directory = directory
         self.binary = shutil.which("redis-server") or localservices._wheel_redis_server()

@@ -1,7 +1,3 @@
--- name: link_for_stats
--- The id of one live link of the transaction's account.
-select id, slug, title from links where slug = %(slug)s and deleted_at is null;
-
 -- name: link_series
 -- Zero-filled clicks, bot clicks and unique visitors per day or hour (in the given zone) from the hourly roll-ups.
 with buckets as (
@@ -58,8 +54,7 @@ select l.slug, l.title, sum(r.clicks)::bigint as clicks, sum(r.bot_clicks)::bigi
 
 -- name: list_clicks
 -- A link's raw clicks in the range, newest first, after the cursor.
-select click_id, clicked_at, referrer, referrer_host, browser, os, device_type, is_bot, country,
-       utm_source, utm_medium, utm_campaign, utm_content, utm_term
+select *
   from clicks
  where link_id = %(link_id)s and clicked_at >= %(start)s and clicked_at < %(end)s
    and (%(after_at)s::timestamptz is null or (clicked_at, click_id) < (%(after_at)s, %(after_id)s::uuid))

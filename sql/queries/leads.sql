@@ -1,7 +1,7 @@
 -- name: capture_lead
 -- Store a public form's lead and queue its events; null when the token was used before (narrow path).
-select capture_lead(%(link_id)s, %(nonce)s, %(click_id)s, %(name)s, %(phone)s, %(email)s, %(note)s,
-                    %(consent)s) as lead_id;
+select capture_lead(%(lead_id)s, %(link_id)s, %(nonce)s, %(click_id)s, %(name)s, %(phone)s, %(email)s, %(note)s,
+                    %(consent)s, %(event_id)s, %(payload)s) as lead_id;
 
 -- name: list_leads
 -- The account's leads newest first with the attribution of the click that showed the form.

@@ -1,7 +1,6 @@
 -- name: resolve_link
--- One link by slug for the public redirect, across accounts, through the SECURITY DEFINER narrow path.
-select id, account_id, phone, message, disabled, deleted, expires_at, max_clicks, clicks, lead_form
-  from resolve_link(%(slug)s);
+-- One link by slug for the public redirect, across accounts, with its human click count (narrow path).
+select link, clicks from resolve_link(%(slug)s);
 
 -- name: insert_link
 -- Create a link for the transaction's account; returns nothing when the slug is taken.
@@ -9,20 +8,15 @@ insert into links (account_id, slug, phone, message, title, tags, expires_at, ma
 values (current_account_id(), %(slug)s, %(phone)s, %(message)s, %(title)s, %(tags)s, %(expires_at)s, %(max_clicks)s,
         %(lead_form)s)
 on conflict (slug) do nothing
-returning id, account_id, slug, phone, message, title, tags, expires_at, max_clicks, disabled, lead_form, created_at, updated_at;
+returning *;
 
 -- name: get_link
 -- One live link of the transaction's account.
-select slug, phone, message, title, tags, expires_at, max_clicks, disabled, lead_form, created_at, updated_at
-  from links
- where slug = %(slug)s and deleted_at is null;
+select * from links where slug = %(slug)s and deleted_at is null;
 
 -- name: get_link_for_update
 -- One live link of the transaction's account, locked for an edit.
-select slug, phone, message, title, tags, expires_at, max_clicks, disabled, lead_form, created_at, updated_at
-  from links
- where slug = %(slug)s and deleted_at is null
-   for update;
+select * from links where slug = %(slug)s and deleted_at is null for update;
 
 -- name: update_link
 -- Replace a link's editable fields.
@@ -31,17 +25,17 @@ update links
        expires_at = %(expires_at)s, max_clicks = %(max_clicks)s, disabled = %(disabled)s, lead_form = %(lead_form)s,
        updated_at = now()
  where slug = %(slug)s and deleted_at is null
-returning id, account_id, slug, phone, message, title, tags, expires_at, max_clicks, disabled, lead_form, created_at, updated_at;
+returning *;
 
 -- name: delete_link
 -- Soft-delete a link: its slug stays taken and its redirect answers 410.
 update links set deleted_at = now(), updated_at = now()
  where slug = %(slug)s and deleted_at is null
-returning id, account_id, slug, phone, message, title, tags, expires_at, max_clicks, disabled, lead_form, created_at, updated_at;
+returning *;
 
 -- name: list_links
 -- A page of the account's live links, newest first, after the cursor, optionally by tag and text.
-select slug, phone, message, title, tags, expires_at, max_clicks, disabled, lead_form, created_at, updated_at, id
+select *
   from links
  where deleted_at is null
    and (%(tag)s::text is null or tags @> array[%(tag)s::text])

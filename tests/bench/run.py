@@ -53,11 +53,14 @@ import requests
 import uuid6
 from gunicorn.config import KNOWN_SETTINGS
 
-from service import localservices, migrations
 from service.auth import issue_key
-from service.cache import Cache
-from service.clicks import STAGING_DDL, Drainer, Spool
-from service.db import Database, app_conninfo
+from service.clicks.drainer import Drainer
+from service.clicks.pipeline import STAGING_DDL, Spool
+from service.config import load_settings
+from service.platform import localservices, migrations
+from service.platform.db import Database, app_conninfo
+from service.platform.redis import RedisClient
+from tests.support import drop_database, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -371,7 +374,7 @@ class Server:
 
     def __init__(self, label: str, args: list[str], env: dict[str, str], log_path: Path) -> None:
         self.label = label
-        self.port = localservices.free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self.log_file = log_path.open("wb")
@@ -618,11 +621,11 @@ class Bench:
         self.server_pids: dict[str, int] = {}  # base URL -> its gunicorn master's pid
 
         # Our own database and Redis namespace, dropped / deleted however the run ends.
-        pg_server, self.pg_how = localservices.server_url(ROOT / ".data")
-        redis_url, self.redis_how = localservices.redis_url(ROOT / ".data")
+        pg_server, self.pg_how = localservices.server_url(ROOT / ".data", load_settings().require_services)
+        redis_url, self.redis_how = localservices.redis_url(ROOT / ".data", load_settings().require_services)
         self.dbname, self.prefix = f"chatlink_bench_{self.run_id}", f"chatlink-bench-{self.run_id}:"
         localservices.create_database(pg_server, self.dbname)
-        cleanup.callback(localservices.drop_database, pg_server, self.dbname)
+        cleanup.callback(drop_database, pg_server, self.dbname)
         self.owner_url = localservices.with_database(pg_server, self.dbname)
         self.applied = migrations.migrate(self.owner_url)
         self.redis = redis.Redis.from_url(redis_url)
@@ -796,14 +799,7 @@ class Bench:
             before = conn.execute("select count(*) from clicks").fetchone()[0]
         if not links:
             raise BenchError("the drain-rate measurement needs links: run it with scenario b or c")
-        cache = Cache(
-            self.env["REDIS_URL"],
-            prefix=f"{self.prefix}drain:",
-            timeout_ms=2000,
-            breaker_seconds=1,
-            link_ttl=60,
-            not_found_ttl=60,
-        )
+        cache = RedisClient(self.env["REDIS_URL"], prefix=f"{self.prefix}drain:", timeout_ms=2000, breaker_seconds=1)
         db = Database(app_conninfo(self.owner_url), size=2, timeout_ms=30_000, setup_sql=STAGING_DDL)
         db.open()
         self.cleanup.callback(db.close)

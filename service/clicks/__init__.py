@@ -1,0 +1,1 @@
+"""Clicks: capture on the hot path, the pipeline into PostgreSQL (one Click definition), the drainer."""

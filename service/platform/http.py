@@ -1,0 +1,179 @@
+"""HTTP plumbing every API view shares: JSON in and out, load-or-422, keyset cursors, formula-safe CSV streams."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import csv
+import io
+import json
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+from flask import Response, current_app, request
+from marshmallow import Schema, ValidationError, fields
+
+from .errors import ApiError, invalid
+
+K = TypeVar("K")
+T = TypeVar("T")
+MAX_BODY_BYTES = 16 * 1024
+MAX_DEPTH = 16
+BIGINT_MAX = 2**63 - 1
+CSV_ROWS_PER_CHUNK = 1000
+
+
+# --- JSON out ----------------------------------------------------------------------------------------------------
+def _plain(value: object) -> object:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)  # UUIDs, decimals
+
+
+def json_response(body: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """A JSON response (UTF-8 as is, datetimes in ISO 8601)."""
+    return current_app.response_class(
+        json.dumps(body, ensure_ascii=False, default=_plain),
+        status=status,
+        mimetype="application/json",
+        headers=headers,
+    )
+
+
+# --- JSON in -----------------------------------------------------------------------------------------------------
+def _depth(value: object) -> int:
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return deepest
+
+
+def read_json_object() -> dict:
+    """The request body as a JSON object; 415, 413 or 400 problems for anything else."""
+    mimetype = request.mimetype
+    if not (mimetype == "application/json" or mimetype.endswith("+json")):
+        raise ApiError(
+            415, "unsupported-media-type", "Unsupported media type", "Send 'Content-Type: application/json'."
+        )
+    raw = request.get_data(cache=True)  # werkzeug raises 413 past MAX_CONTENT_LENGTH
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise ApiError(400, "malformed-json", "Malformed JSON", "The body is not valid UTF-8 JSON.") from None
+    if _depth(body) > MAX_DEPTH:
+        raise ApiError(400, "malformed-json", "Malformed JSON", f"JSON nested deeper than {MAX_DEPTH} levels.")
+    if not isinstance(body, dict):
+        raise ApiError(400, "malformed-json", "Malformed JSON", "The body must be a JSON object.")
+    # JSON may escape lone surrogates (\ud800), which no database or client can store: name the field.
+    bad = sorted(str(key) for key, value in body.items() if _has_surrogate(key) or _has_surrogate(value))
+    if bad:
+        raise invalid({key: ["Contains an unpaired surrogate; send valid UTF-8 text."] for key in bad})
+    return body
+
+
+def _has_surrogate(value: object) -> bool:
+    if isinstance(value, str):
+        return any("\ud800" <= char <= "\udfff" for char in value)
+    if isinstance(value, dict):
+        return any(_has_surrogate(k) or _has_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_surrogate(v) for v in value)
+    return False
+
+
+def load_or_422(schema: Schema, data: dict) -> dict:
+    """schema.load(data), or a 422 problem naming every invalid field."""
+    try:
+        return schema.load(data)
+    except ValidationError as exc:
+        errors = {field: msgs if isinstance(msgs, list) else [str(msgs)] for field, msgs in exc.messages.items()}
+        raise invalid(errors) from None
+
+
+class StrictBoolean(fields.Boolean):
+    """JSON true or false only: no 1, "yes" or "on"."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
+
+
+# --- keyset pages ------------------------------------------------------------------------------------------------
+def encode_cursor(at: datetime, key: object) -> str:
+    """The opaque cursor that continues after a row created at `at` with id `key` (newest-first lists)."""
+    return base64.urlsafe_b64encode(f"{at.isoformat()}|{key}".encode()).decode()
+
+
+def decode_cursor(cursor: str, parse_key: Callable[[str], K]) -> tuple[datetime, K]:
+    """(timestamp, id) of a cursor this API issued; a 422 naming `cursor` for anything else."""
+    try:
+        at, _, key = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
+        return datetime.fromisoformat(at), parse_key(key)
+    except (ValueError, binascii.Error, UnicodeDecodeError, OverflowError):
+        raise invalid({"cursor": ["Not a cursor this API returned."]}) from None
+
+
+def bigint(text: str) -> int:
+    """A PostgreSQL bigint, or ValueError."""
+    value = int(text)
+    if not 0 < value <= BIGINT_MAX:
+        raise ValueError("out of range")
+    return value
+
+
+def page_of(rows: list[T], limit: int, position: Callable[[T], tuple[datetime, object]]) -> tuple[list[T], str | None]:
+    """(the page, the next cursor or None) from rows fetched with limit + 1 (the extra row tells a page follows)."""
+    page = rows[:limit]
+    return page, encode_cursor(*position(page[-1])) if len(rows) > limit else None
+
+
+def keyset_scan(
+    fetch: Callable[[Any, Any, int], list[dict]], at: str, key: str, page_size: int = 5000
+) -> Iterator[dict]:
+    """Every row of a newest-first keyset query, a page per fetch(after_at, after_key, limit) call."""
+    after_at = after_key = None
+    while True:
+        rows = fetch(after_at, after_key, page_size)
+        yield from rows
+        if len(rows) < page_size:
+            return
+        after_at, after_key = rows[-1][at], rows[-1][key]
+
+
+# --- CSV ---------------------------------------------------------------------------------------------------------
+def formula_safe(value: object) -> str:
+    """A CSV cell spreadsheet programs will not evaluate: a leading = + - @ (or tab/CR) gets a quote first."""
+    text = "" if value is None else str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+def wants_csv() -> bool:
+    """True when the client prefers text/csv to JSON."""
+    return request.accept_mimetypes.best_match(["application/json", "text/csv"]) == "text/csv"
+
+
+def csv_response(filename: str, header: Sequence[str], rows: Iterable[Sequence[object]]) -> Response:
+    """Stream rows as formula-safe CSV, in chunks, without holding the whole export in memory."""
+
+    def chunks() -> Iterator[str]:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(header)
+        for n, row in enumerate(rows, 1):
+            writer.writerow([formula_safe(_plain(v) if isinstance(v, datetime) else v) for v in row])
+            if n % CSV_ROWS_PER_CHUNK == 0:
+                yield buffer.getvalue()
+                buffer.seek(0)
+                buffer.truncate()
+        yield buffer.getvalue()
+
+    return Response(
+        chunks(), mimetype="text/csv", headers={"Content-Disposition": f'attachment; filename="{filename}"'}
+    )

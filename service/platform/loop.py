@@ -1,0 +1,31 @@
+"""A daemon thread that runs a worker's loop until it is stopped (the drainer's, the deliverer's)."""
+
+from __future__ import annotations
+
+import threading
+
+
+class Loop:
+    """Subclasses implement run(), which returns once self.stopping is set, and may wait on it to sleep."""
+
+    thread_name = "loop"
+
+    def __init__(self, join_seconds: float) -> None:
+        self.stopping = threading.Event()
+        self.join_seconds = join_seconds  # how long stop() waits for the step in progress
+        self._thread: threading.Thread | None = None
+
+    def run(self) -> None:
+        """The loop itself."""
+        raise NotImplementedError
+
+    def start(self) -> None:
+        """Run the loop on a daemon thread."""
+        self._thread = threading.Thread(target=self.run, name=self.thread_name, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the loop to end and wait (bounded) for the step in progress to finish."""
+        self.stopping.set()
+        if self._thread:
+            self._thread.join(timeout=self.join_seconds)

@@ -1,0 +1,78 @@
+"""Rate limits of the API and the lead form (flask-limiter, in Redis, falling back to memory while Redis is down).
+The redirect's own per-address limits live in redirect/limits.py, counted inside its Redis script."""
+
+from __future__ import annotations
+
+from flask import Flask, request
+from flask_limiter import Limiter
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from .auth import public_id_of
+from .config import Settings
+from .platform.redis import RedisClient
+from .platform.secrets import keyed_hash, visitor_keys
+
+
+def _keyed(value: str) -> str:
+    """Limit counters live in Redis under these names: a keyed hash, never the raw address or key."""
+    return keyed_hash(visitor_keys().today(), value)
+
+
+def client_ip() -> str:
+    """The client address (ProxyFix has picked the X-Forwarded-For hop TRUSTED_PROXIES allows), hashed."""
+    return "ip:" + _keyed(request.remote_addr or "unknown")
+
+
+def api_key_or_ip() -> str:
+    """A well-formed key counts against a hash of the whole key — so a forged key with someone's public id
+    cannot use up their limit — and anything else against the address."""
+    header = request.headers.get("Authorization")
+    return "key:" + _keyed(header) if public_id_of(header) else client_ip()
+
+
+def storage_uri(redis_url: str) -> str:
+    """The limits library's name for the same Redis: it spells a unix socket redis+unix://."""
+    return "redis+" + redis_url if redis_url.startswith("unix://") else redis_url
+
+
+def init_app(app: Flask, settings: Settings, redis: RedisClient) -> None:
+    """One limiter per app: Redis storage that fails fast and falls back to memory, limits per blueprint."""
+    timeout = settings.redis_timeout_ms / 1000
+    limiter = Limiter(
+        key_func=client_ip,
+        app=app,
+        enabled=settings.rate_limits_enabled,
+        strategy="fixed-window",
+        storage_uri=storage_uri(redis.url),
+        storage_options={
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            "retry": Retry(NoBackoff(), 0),
+            "health_check_interval": 0,
+        },
+        in_memory_fallback_enabled=True,
+        in_memory_fallback=[settings.rate_limit_fallback],
+        key_prefix=redis.key("limits"),
+        headers_enabled=True,
+        swallow_errors=True,
+    )
+    api_limit = limiter.shared_limit(settings.rate_limit_api, scope="api", key_func=api_key_or_ip)
+    # Every call also counts against its address, so made-up keys (each its own bucket) are limited too.
+    api_ip_limit = limiter.shared_limit(settings.rate_limit_api_per_ip, scope="api-ip")
+    for name in ("links", "analytics", "leads_api", "webhooks"):
+        api_limit(app.blueprints[name])
+        api_ip_limit(app.blueprints[name])
+    create = "links.create_link"
+    app.view_functions[create] = limiter.limit(
+        settings.rate_limit_create,
+        key_func=api_key_or_ip,
+        scope="create",
+        override_defaults=False,
+    )(app.view_functions[create])
+    limiter.limit(settings.rate_limit_lead)(app.blueprints["leads"])
+    limiter.exempt(app.blueprints["health"])
+    limiter.exempt(app.blueprints["redirect"])  # RedirectLimits counts those, in the redirect's own script
+    # Not dead: the limits it decorated views with hold only a weak reference to it, and a disabled limiter
+    # (RATE_LIMITS_ENABLED=0) does not register itself in app.extensions["limiter"]; this keeps it alive.
+    app.extensions["chatlink.limiter"] = limiter

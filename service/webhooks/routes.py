@@ -1,0 +1,142 @@
+"""The webhooks API (register, list, delete, delivery log) and the WhatsApp Business notification settings."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+
+from flask import Blueprint, Response, g
+from marshmallow import RAISE, Schema, fields, validate
+
+from ..auth import require_api_key
+from ..config import settings
+from ..links.target import InvalidPhone, normalize_phone
+from ..platform.db import database
+from ..platform.errors import ApiError, invalid, not_found
+from ..platform.http import json_response, load_or_422, read_json_object
+from . import store
+from .addresses import address_problem
+from .events import EVENTS
+
+bp = Blueprint("webhooks", __name__, url_prefix="/api/v1")
+
+
+class WebhookIn(Schema):
+    """POST /api/v1/webhooks."""
+
+    class Meta:
+        unknown = RAISE
+
+    url = fields.Url(required=True, schemes={"http", "https"}, require_tld=False, validate=validate.Length(max=2000))
+    events = fields.List(
+        fields.String(validate=validate.OneOf(EVENTS)),
+        load_default=lambda: ["lead.created"],
+        validate=validate.Length(min=1, max=len(EVENTS)),
+    )
+
+
+class WhatsAppIn(Schema):
+    """PUT /api/v1/whatsapp."""
+
+    class Meta:
+        unknown = RAISE
+
+    phone_number_id = fields.String(required=True, validate=validate.Regexp(r"^[0-9]{5,30}$"))
+    access_token = fields.String(required=True, validate=validate.Length(min=10, max=1000))
+    template = fields.String(required=True, validate=validate.Regexp(r"^[a-z0-9_]{1,512}$"))
+    language = fields.String(load_default="en_US", validate=validate.Regexp(r"^[a-z]{2,3}(_[A-Z]{2})?$"))
+    notify_number = fields.String(required=True, validate=validate.Length(max=64))
+
+
+def _webhook_json(row: dict) -> dict:
+    return {"id": str(row["id"]), "url": row["url"], "events": row["events"], "created_at": row["created_at"]}
+
+
+def _webhook_not_found() -> ApiError:
+    return not_found("webhook", "No such webhook in this account.")
+
+
+def _webhook_id(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise _webhook_not_found() from None
+
+
+@bp.post("/webhooks")
+@require_api_key
+def create_webhook() -> Response:
+    """Register an endpoint; the signing secret is in this answer only. 201; 400, 401, 413, 415, 422."""
+    data = load_or_422(WebhookIn(), read_json_object())
+    problem = None if settings().webhook_allow_private else address_problem(data["url"])
+    if problem:
+        raise invalid({"url": [problem]})
+    secret = "whsec_" + secrets.token_urlsafe(32)
+    with database().transaction(g.account_id) as conn:
+        row = store.insert_webhook(conn, data["url"], sorted(set(data["events"])), secret)
+    return json_response({**_webhook_json(row), "secret": secret}, 201)
+
+
+@bp.get("/webhooks")
+@require_api_key
+def list_webhooks() -> Response:
+    """The account's endpoints (without secrets). 200; 401."""
+    with database().transaction(g.account_id) as conn:
+        rows = store.list_webhooks(conn)
+    return json_response({"items": [_webhook_json(r) for r in rows]})
+
+
+@bp.delete("/webhooks/<webhook_id>")
+@require_api_key
+def delete_webhook(webhook_id: str) -> Response:
+    """Remove an endpoint and its pending deliveries. 204; 401, 404."""
+    with database().transaction(g.account_id) as conn:
+        if not store.delete_webhook(conn, _webhook_id(webhook_id)):
+            raise _webhook_not_found()
+    return Response(status=204)
+
+
+@bp.get("/webhooks/<webhook_id>/deliveries")
+@require_api_key
+def list_deliveries(webhook_id: str) -> Response:
+    """The delivery log of an endpoint, newest first, with every attempt. 200; 401, 404."""
+    parsed = _webhook_id(webhook_id)
+    with database().transaction(g.account_id) as conn:
+        if not store.webhook_exists(conn, parsed):
+            raise _webhook_not_found()
+        rows = store.list_deliveries(conn, parsed)
+    return json_response({"items": rows})
+
+
+@bp.put("/whatsapp")
+@require_api_key
+def put_whatsapp() -> Response:
+    """Configure the WhatsApp Business notification of new leads. 200 (the token is never returned); 4xx."""
+    data = load_or_422(WhatsAppIn(), read_json_object())
+    try:
+        data["notify_number"] = normalize_phone(data["notify_number"])
+    except InvalidPhone as exc:
+        raise invalid({"notify_number": [str(exc)]}) from None
+    with database().transaction(g.account_id) as conn:
+        row = store.upsert_whatsapp(conn, data)
+    return json_response(row)
+
+
+@bp.get("/whatsapp")
+@require_api_key
+def get_whatsapp() -> Response:
+    """The WhatsApp Business settings without the access token. 200; 401, 404."""
+    with database().transaction(g.account_id) as conn:
+        row = store.get_whatsapp(conn)
+    if row is None:
+        raise ApiError(404, "whatsapp-not-configured", "Not configured", "No WhatsApp Business settings.")
+    return json_response(row)
+
+
+@bp.delete("/whatsapp")
+@require_api_key
+def delete_whatsapp() -> Response:
+    """Stop WhatsApp Business notifications and forget the token. 204; 401."""
+    with database().transaction(g.account_id) as conn:
+        store.delete_whatsapp(conn)
+    return Response(status=204)

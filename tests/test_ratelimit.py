@@ -1,0 +1,112 @@
+"""Rate limits: per API key on the API, stricter on creation, per client IP on redirects and on 404 scans."""
+
+import gc
+
+
+def test_link_creation_is_limited_per_key_with_retry_after(make_app, settings, auth, new_api_key):
+    client = make_app(settings, rate_limit_create="2/minute").test_client()
+    body = {"phone": "+14155552671"}
+    statuses = [client.post("/api/v1/links", headers=auth, json=body).status_code for _ in range(3)]
+    assert statuses == [201, 201, 429]
+    refused = client.post("/api/v1/links", headers=auth, json=body)
+    assert refused.mimetype == "application/problem+json" and int(refused.headers["Retry-After"]) > 0
+    assert refused.get_json()["type"] == "/problems/rate-limited"
+    other_key = {"Authorization": f"Bearer {new_api_key()}"}
+    assert client.post("/api/v1/links", headers=other_key, json=body).status_code == 201
+
+
+def test_api_calls_are_limited_per_key(make_app, settings, auth):
+    client = make_app(settings, rate_limit_api="3/minute").test_client()
+    assert [client.get("/api/v1/links", headers=auth).status_code for _ in range(4)] == [200, 200, 200, 429]
+
+
+def test_redirects_are_limited_per_client_ip(make_app, settings, make_link):
+    link = make_link()
+    client = make_app(settings, rate_limit_redirect="2/minute").test_client()
+    ip_a, ip_b = {"REMOTE_ADDR": "198.51.100.1"}, {"REMOTE_ADDR": "198.51.100.2"}
+    assert [client.get(f"/{link['slug']}", environ_base=ip_a).status_code for _ in range(3)] == [302, 302, 429]
+    assert client.get(f"/{link['slug']}", environ_base=ip_b).status_code == 302
+
+
+def test_slug_scanning_is_stopped_by_the_404_limit(make_app, settings, make_link):
+    link = make_link()
+    client = make_app(settings, rate_limit_not_found="3/minute").test_client()
+    scanner = {"REMOTE_ADDR": "203.0.113.9"}
+    statuses = [client.get(f"/scan-{i}", environ_base=scanner).status_code for i in range(5)]
+    assert statuses == [404, 404, 404, 429, 429]
+    assert client.get(f"/{link['slug']}", environ_base={"REMOTE_ADDR": "203.0.113.10"}).status_code == 302
+
+
+def test_successful_redirects_do_not_count_towards_the_404_limit(make_app, settings, make_link):
+    link = make_link()
+    client = make_app(settings, rate_limit_not_found="2/minute").test_client()
+    assert {client.get(f"/{link['slug']}").status_code for _ in range(5)} == {302}
+
+
+def test_spoofed_forwarded_for_does_not_escape_the_limit_without_trusted_proxies(make_app, settings, make_link):
+    link = make_link()
+    client = make_app(settings, rate_limit_redirect="2/minute").test_client()
+    statuses = [
+        client.get(f"/{link['slug']}", headers={"X-Forwarded-For": f"10.0.0.{i}"}).status_code for i in range(3)
+    ]
+    assert statuses == [302, 302, 429]
+
+
+def test_with_one_trusted_proxy_only_the_hop_it_appended_counts(make_app, settings, make_link):
+    link = make_link()
+    client = make_app(settings, rate_limit_redirect="2/minute", trusted_proxies=1).test_client()
+    proxy = {"REMOTE_ADDR": "10.1.1.1"}
+    # The client forges earlier hops; the proxy appends the real address last.
+    statuses = [
+        client.get(
+            f"/{link['slug']}", environ_base=proxy, headers={"X-Forwarded-For": f"1.2.3.{i}, 192.0.2.50"}
+        ).status_code
+        for i in range(3)
+    ]
+    assert statuses == [302, 302, 429]
+    other = client.get(f"/{link['slug']}", environ_base=proxy, headers={"X-Forwarded-For": "192.0.2.51"})
+    assert other.status_code == 302
+
+
+def test_a_forged_key_with_someone_elses_public_id_does_not_use_up_their_limit(make_app, settings, api_key, auth):
+    client = make_app(settings, rate_limit_api="3/minute").test_client()
+    forged = {"Authorization": f"Bearer {api_key[:13]}{'B' if api_key[13] == 'A' else 'A'}{api_key[14:]}"}
+    assert [client.get("/api/v1/links", headers=forged).status_code for _ in range(4)] == [401, 401, 401, 429]
+    assert client.get("/api/v1/links", headers=auth).status_code == 200
+
+
+def test_made_up_keys_are_limited_per_address(make_app, settings):
+    client = make_app(settings, rate_limit_api_per_ip="2/minute").test_client()
+    keys = [f"Bearer clk_{i:08d}_" + "A" * 43 for i in range(3)]
+    assert [client.get("/api/v1/links", headers={"Authorization": k}).status_code for k in keys] == [401, 401, 429]
+
+
+def test_rate_limit_counters_in_redis_never_name_the_address(app, make_app, settings, make_link):
+    link = make_link()
+    client = make_app(settings).test_client()
+    client.get(f"/{link['slug']}", environ_base={"REMOTE_ADDR": "198.51.100.99"})
+    keys = app.extensions["chatlink.redis"].client.keys(f"{settings.key_prefix}*")
+    assert keys and not any("198.51.100.99" in key for key in keys)
+
+
+def test_a_unix_socket_redis_url_is_spelled_for_the_limits_library():
+    from service.ratelimit import storage_uri
+
+    assert storage_uri("unix:///run/redis.sock") == "redis+unix:///run/redis.sock"
+    assert storage_uri("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+def test_every_limit_of_a_redirect_limit_string_is_enforced(make_app, settings, make_link):
+    link = make_link()
+    client = make_app(settings, rate_limit_redirect="100/minute;2/hour").test_client()
+    assert [client.get(f"/{link['slug']}").status_code for _ in range(3)] == [302, 302, 429]
+    refused = client.get(f"/{link['slug']}")
+    assert refused.status_code == 429 and 3500 < int(refused.headers["Retry-After"]) <= 3600
+
+
+def test_an_app_with_rate_limits_off_keeps_its_limiter_alive(make_app, settings, auth):
+    # flask-limiter's decorated views hold only a weak reference to it; losing it broke every API call.
+    client = make_app(settings, rate_limits_enabled=False).test_client()
+    gc.collect()
+    response = client.post("/api/v1/links", json={"phone": "+14155552671"}, headers=auth)
+    assert response.status_code == 201
