@@ -99,8 +99,13 @@ class Link:
 
     @classmethod
     def from_cache(cls, raw: str) -> Link:
-        """The link in a cache entry."""
-        return cls.from_row(json.loads(raw))
+        """The link in a cache entry (on every cached redirect: kept to a json.loads and the times)."""
+        entry = json.loads(raw)
+        del entry["closes_at"]
+        for name in _TIMES:
+            if entry[name] is not None:
+                entry[name] = datetime.fromtimestamp(entry[name], UTC)
+        return cls(**entry)
 
 
 def _iso(value: datetime | None) -> str | None:
