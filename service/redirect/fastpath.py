@@ -8,7 +8,7 @@ from ..links import slugs
 from .resolver import Outcome, Redirector
 
 OUTCOME = "chatlink.redirect_outcome"  # the environ key the fast path hands its outcome (or error) to Flask under
-NO_STORE = ("Cache-Control", "private, no-store")
+NO_STORE = {"Cache-Control": "private, no-store"}  # a redirect depends on state and is counted: never cached
 
 
 class FastRedirects:
@@ -40,7 +40,7 @@ class FastRedirects:
 
 def redirect_headers(outcome: Outcome) -> list[tuple[str, str]]:
     """Location (rebuilt from the stored digits and message), no caching, and the click id when one was recorded."""
-    return [("Location", outcome.link.target_url), NO_STORE, *click_id_header(outcome)]
+    return [("Location", outcome.link.target_url), *NO_STORE.items(), *click_id_header(outcome)]
 
 
 def click_id_header(outcome: Outcome) -> list[tuple[str, str]]:

@@ -40,10 +40,10 @@ def follow(slug: str) -> Response:
             "rate-limited",
             "Too many requests",
             "Too many requests from this address; retry later.",
-            headers={"Retry-After": str(outcome.retry_after), NO_STORE[0]: NO_STORE[1]},
+            headers={"Retry-After": str(outcome.retry_after), **NO_STORE},
         )
     if outcome.status == 503:
-        raise unavailable("This link cannot be resolved right now; retry shortly.", headers=dict([NO_STORE]))
+        raise unavailable("This link cannot be resolved right now; retry shortly.", headers=NO_STORE)
     return _page(404, "link-not-found", "Link not found", "No link has this address.", "not_found.html")
 
 
@@ -55,5 +55,5 @@ def _page(status: int, type_: str, title: str, detail: str, template: str) -> Re
         response = current_app.response_class(
             render_template(template, detail=detail), status=status, mimetype="text/html"
         )
-    response.headers[NO_STORE[0]] = NO_STORE[1]
+    response.headers.update(NO_STORE)
     return response
