@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help install lock run test test-fast bench ledger lint fmt migrate rollback api-key revoke-key
+.PHONY: help install lock run test test-fast bench bench-analytics ledger lint fmt migrate rollback api-key revoke-key
 
 help: ## list the tasks
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ test-fast: install ## the tests that need no live gunicorn and no browser
 
 bench: install ## benchmark redirects and link creation with wrk (own database and Redis prefix; ~1 min)
 	$(PY) -m tests.bench.run
+
+bench-analytics: install ## analytics at 10 million clicks: stats, link list and CSV export through gunicorn (~10 min)
+	$(PY) -m tests.bench.analytics
 
 ledger: install ## the click ledger: every X-Click-Id a client got is stored once, through restarts
 	$(PY) -m pytest -q -s tests/test_ledger.py

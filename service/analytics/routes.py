@@ -106,12 +106,12 @@ def link_clicks(slug: str) -> Response:
             rows = store.list_clicks(conn, params, after_at, after_id, args["limit"] + 1)
     if wants_csv():
 
-        def page(after_at, after_id, limit: int) -> list[dict]:
+        def page(after_at, after_id, limit: int) -> list[tuple]:
             # A page per transaction: a long export holds no connection between pages.
             with db.transaction(account_id) as conn:
-                return store.list_clicks(conn, params, after_at, after_id, limit)
+                return store.export_clicks(conn, params, after_at, after_id, limit)
 
-        clicks = keyset_scan(page, "clicked_at", "click_id")
-        return csv_response(f"{link.slug}-clicks.csv", API_FIELDS, ([c[f] for f in API_FIELDS] for c in clicks))
+        clicks = keyset_scan(page, store.export_position)
+        return csv_response(f"{link.slug}-clicks.csv", API_FIELDS, clicks, pick=store.API_POSITIONS)
     page_rows, next_cursor = page_of(rows, args["limit"], lambda click: (click["clicked_at"], click["click_id"]))
     return json_response({"items": [{f: c[f] for f in API_FIELDS} for c in page_rows], "next_cursor": next_cursor})

@@ -2,11 +2,43 @@
 
 from __future__ import annotations
 
-import psycopg
+from datetime import UTC, date, datetime, time, timedelta
 
+import psycopg
+from psycopg.rows import tuple_row
+
+from ..clicks.pipeline import API_FIELDS, COLUMNS
 from ..platform.db import query
 
 DIMENSIONS = ("country", "referrer_host", "device_type", "browser", "os", "utm_source", "utm_medium", "utm_campaign")
+
+
+def by_utc_days(start: datetime, end: datetime) -> dict:
+    """[start, end) as the whole UTC days inside it (first_day ≤ day < end_day: read from daily roll-ups) and the
+    partial days at either end (head, tail: read hour by hour or click by click), so that every count is exact."""
+    first_day = (start.astimezone(UTC) + timedelta(days=1) - timedelta(microseconds=1)).date()
+    end_day = end.astimezone(UTC).date()
+    if first_day >= end_day:  # no whole day inside: all of it is the head
+        return {
+            "first_day": end_day,
+            "end_day": end_day,
+            "head_start": start,
+            "head_end": end,
+            "tail_start": end,
+            "tail_end": end,
+        }
+    return {
+        "first_day": first_day,
+        "end_day": end_day,
+        "head_start": start,
+        "head_end": _midnight(first_day),
+        "tail_start": _midnight(end_day),
+        "tail_end": end,
+    }
+
+
+def _midnight(day: date) -> datetime:
+    return datetime.combine(day, time.min, UTC)
 
 
 def link_series(conn: psycopg.Connection, params: dict) -> list[dict]:
@@ -15,9 +47,9 @@ def link_series(conn: psycopg.Connection, params: dict) -> list[dict]:
 
 
 def link_breakdowns(conn: psycopg.Connection, params: dict, top: int) -> dict[str, list[dict]]:
-    """The top values of every dimension with their clicks, most first."""
+    """The top values of every dimension with their clicks, most first (params: link_id, start, end, include_bots)."""
     breakdowns: dict[str, list] = {name: [] for name in DIMENSIONS}
-    rows = query(conn, "link_breakdowns", params).fetchall()
+    rows = query(conn, "link_breakdowns", {**params, **by_utc_days(params["start"], params["end"])}).fetchall()
     for row in sorted(rows, key=lambda r: (-r["clicks"], r["value"] or "")):
         if len(breakdowns[row["dimension"]]) < top:
             breakdowns[row["dimension"]].append({"value": row["value"], "clicks": row["clicks"]})
@@ -25,15 +57,31 @@ def link_breakdowns(conn: psycopg.Connection, params: dict, top: int) -> dict[st
 
 
 def account_totals(conn: psycopg.Connection, params: dict) -> dict:
-    """The account's clicks, bot clicks and unique visitors in the range."""
-    return query(conn, "account_totals", params).fetchone()
+    """The account's clicks, bot clicks and unique visitors in the range (params: start, end)."""
+    return query(conn, "account_totals", {**params, **by_utc_days(params["start"], params["end"])}).fetchone()
 
 
 def account_top_links(conn: psycopg.Connection, params: dict) -> list[dict]:
-    """The account's most clicked links in the range."""
-    return query(conn, "account_top_links", params).fetchall()
+    """The account's most clicked links in the range (params: start, end, limit)."""
+    return query(conn, "account_top_links", {**params, **by_utc_days(params["start"], params["end"])}).fetchall()
 
 
 def list_clicks(conn: psycopg.Connection, params: dict, after_at, after_id, limit: int) -> list[dict]:
     """A newest-first page of a link's raw clicks in the range after the cursor."""
     return query(conn, "list_clicks", {**params, "after_at": after_at, "after_id": after_id, "limit": limit}).fetchall()
+
+
+# Where each API field, and the keyset position, stand in a clicks row (`select *`: COLUMNS' order).
+API_POSITIONS = [COLUMNS.index(name) for name in API_FIELDS]
+_AT, _KEY = COLUMNS.index("clicked_at"), COLUMNS.index("click_id")
+
+
+def export_clicks(conn: psycopg.Connection, params: dict, after_at, after_id, limit: int) -> list[tuple]:
+    """A page of list_clicks as plain tuples in COLUMNS' order (no dict per row: exports run to millions)."""
+    params = {**params, "after_at": after_at, "after_id": after_id, "limit": limit}
+    return query(conn, "list_clicks", params, tuple_row).fetchall()
+
+
+def export_position(row: tuple) -> tuple:
+    """An exported row's keyset position (clicked_at, click_id)."""
+    return row[_AT], row[_KEY]

@@ -87,7 +87,7 @@ def _list(link_slug: str | None) -> Response:
             with db.transaction(account_id) as conn:
                 return store.list_leads(conn, params, after_at, after_id, limit)
 
-        leads = keyset_scan(page, "created_at", "id", page_size=2000)
+        leads = keyset_scan(page, lambda lead: (lead["created_at"], lead["id"]), page_size=2000)
         return csv_response("leads.csv", store.LEAD_FIELDS, ([lead[f] for f in store.LEAD_FIELDS] for lead in leads))
     after_at, after_id = decode_cursor(args["cursor"], uuid.UUID) if args["cursor"] else (None, None)
     with db.transaction(account_id) as conn:

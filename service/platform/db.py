@@ -95,9 +95,11 @@ class Database:
             return conn.execute(QUERIES[name], params).fetchone()
 
 
-def query(conn: psycopg.Connection, name: str, params: Any = None) -> psycopg.Cursor:
-    """Execute the named query from sql/queries on conn."""
-    return conn.execute(QUERIES[name], params)
+def query(conn: psycopg.Connection, name: str, params: Any = None, row_factory=None) -> psycopg.Cursor:
+    """Execute the named query from sql/queries on conn (rows as dicts, or as row_factory makes them)."""
+    if row_factory is None:
+        return conn.execute(QUERIES[name], params)
+    return conn.cursor(row_factory=row_factory).execute(QUERIES[name], params)
 
 
 def database() -> Database:

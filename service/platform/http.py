@@ -8,6 +8,7 @@ import csv
 import io
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -135,16 +136,21 @@ def page_of(rows: list[T], limit: int, position: Callable[[T], tuple[datetime, o
 
 
 def keyset_scan(
-    fetch: Callable[[Any, Any, int], list[dict]], at: str, key: str, page_size: int = 5000
-) -> Iterator[dict]:
-    """Every row of a newest-first keyset query, a page per fetch(after_at, after_key, limit) call."""
-    after_at = after_key = None
-    while True:
-        rows = fetch(after_at, after_key, page_size)
-        yield from rows
-        if len(rows) < page_size:
-            return
-        after_at, after_key = rows[-1][at], rows[-1][key]
+    fetch: Callable[[Any, Any, int], list[T]], position: Callable[[T], tuple], page_size: int = 5000
+) -> Iterator[T]:
+    """Every row of a newest-first keyset query, a page per fetch(after_at, after_key, limit) call; position(row)
+    is the row's (at, key). The next page is fetched on another thread while this one is consumed, so the
+    database and the consumer (a CSV writer) work at the same time."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="keyset") as prefetch:
+        upcoming = prefetch.submit(fetch, None, None, page_size)
+        while True:
+            rows = upcoming.result()
+            full = len(rows) == page_size
+            if full:
+                upcoming = prefetch.submit(fetch, *position(rows[-1]), page_size)
+            yield from rows
+            if not full:
+                return
 
 
 # --- CSV ---------------------------------------------------------------------------------------------------------
@@ -159,15 +165,29 @@ def wants_csv() -> bool:
     return request.accept_mimetypes.best_match(["application/json", "text/csv"]) == "text/csv"
 
 
-def csv_response(filename: str, header: Sequence[str], rows: Iterable[Sequence[object]]) -> Response:
-    """Stream rows as formula-safe CSV, in chunks, without holding the whole export in memory."""
+def _csv_cell(value: object) -> object:
+    """A cell as csv.writer should see it: text made formula-safe; values of our own types (ids, times, flags)
+    cannot start a formula and are written as they are."""
+    if value.__class__ is str:
+        return formula_safe(value)
+    if value is None:
+        return ""
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def csv_response(
+    filename: str, header: Sequence[str], rows: Iterable[Sequence[object]], pick: Sequence[int] | None = None
+) -> Response:
+    """Stream rows (or the cells at the positions pick names) as formula-safe CSV, in chunks, without holding the
+    whole export in memory."""
+    pick = range(len(header)) if pick is None else pick
 
     def chunks() -> Iterator[str]:
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(header)
         for n, row in enumerate(rows, 1):
-            writer.writerow([formula_safe(_plain(v) if isinstance(v, datetime) else v) for v in row])
+            writer.writerow([_csv_cell(row[i]) for i in pick])
             if n % CSV_ROWS_PER_CHUNK == 0:
                 yield buffer.getvalue()
                 buffer.seek(0)

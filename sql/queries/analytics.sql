@@ -18,38 +18,61 @@ select b.bucket at time zone %(tz)s as bucket, coalesce(r.clicks, 0)::bigint as 
  order by b.bucket;
 
 -- name: link_breakdowns
--- Click counts by each dimension in one scan of the link's clicks in the range (grouping sets).
-select case when grouping(country) = 0 then 'country'
-            when grouping(referrer_host) = 0 then 'referrer_host'
-            when grouping(device_type) = 0 then 'device_type'
-            when grouping(browser) = 0 then 'browser'
-            when grouping(os) = 0 then 'os'
-            when grouping(utm_source) = 0 then 'utm_source'
-            when grouping(utm_medium) = 0 then 'utm_medium'
-            else 'utm_campaign' end as dimension,
-       coalesce(country, referrer_host, device_type, browser, os, utm_source, utm_medium, utm_campaign) as value,
-       count(*) as clicks
-  from clicks
- where link_id = %(link_id)s and clicked_at >= %(start)s and clicked_at < %(end)s
-   and (%(include_bots)s or not is_bot)
- group by grouping sets ((country), (referrer_host), (device_type), (browser), (os), (utm_source), (utm_medium),
-                         (utm_campaign));
+-- Clicks by each dimension value: whole UTC days from the daily roll-ups, the partial days at the ends from clicks.
+with days as (
+    select dimension, value, sum(clicks + case when %(include_bots)s then bot_clicks else 0 end) as clicks
+      from click_breakdowns
+     where link_id = %(link_id)s and day >= %(first_day)s and day < %(end_day)s
+     group by 1, 2
+), edges as (
+    select d.dimension, d.value, count(*) as clicks
+      from clicks c
+     cross join lateral (values ('country', c.country), ('referrer_host', c.referrer_host),
+                                ('device_type', c.device_type), ('browser', c.browser), ('os', c.os),
+                                ('utm_source', c.utm_source), ('utm_medium', c.utm_medium),
+                                ('utm_campaign', c.utm_campaign)) as d (dimension, value)
+     where c.link_id = %(link_id)s
+       and ((c.clicked_at >= %(head_start)s and c.clicked_at < %(head_end)s)
+            or (c.clicked_at >= %(tail_start)s and c.clicked_at < %(tail_end)s))
+       and (%(include_bots)s or not c.is_bot)
+     group by 1, 2
+)
+select dimension, value, sum(clicks)::bigint as clicks
+  from (select * from days union all select * from edges) as both_parts
+ group by 1, 2
+having sum(clicks) > 0;
 
 -- name: account_totals
--- The account's clicks, bot clicks and unique visitors in the range, from the roll-ups.
+-- The account's clicks, bot clicks and unique visitors in the range: daily roll-ups for whole UTC days, hourly
+-- ones for the partial days at the ends.
 select coalesce(sum(clicks), 0)::bigint as clicks, coalesce(sum(bot_clicks), 0)::bigint as bot_clicks,
        coalesce(sum(unique_visitors), 0)::bigint as unique_visitors
-  from click_rollups
- where hour >= %(start)s and hour < %(end)s;
+  from (select clicks, bot_clicks, unique_visitors
+          from click_daily
+         where day >= %(first_day)s and day < %(end_day)s
+        union all
+        select clicks, bot_clicks, unique_visitors
+          from click_rollups
+         where (hour >= %(head_start)s and hour < %(head_end)s) or (hour >= %(tail_start)s and hour < %(tail_end)s))
+       as both_parts;
 
 -- name: account_top_links
--- The account's links with the most clicks in the range, from the roll-ups.
-select l.slug, l.title, sum(r.clicks)::bigint as clicks, sum(r.bot_clicks)::bigint as bot_clicks,
-       sum(r.unique_visitors)::bigint as unique_visitors
-  from click_rollups r join links l on l.id = r.link_id
- where r.hour >= %(start)s and r.hour < %(end)s
- group by l.id, l.slug, l.title
- order by clicks desc, l.slug
+-- The account's links with the most clicks in the range, from the daily and (at the ends) hourly roll-ups.
+with counted as (
+    select link_id, sum(clicks) as clicks, sum(bot_clicks) as bot_clicks, sum(unique_visitors) as unique_visitors
+      from (select link_id, clicks, bot_clicks, unique_visitors
+              from click_daily
+             where day >= %(first_day)s and day < %(end_day)s
+            union all
+            select link_id, clicks, bot_clicks, unique_visitors
+              from click_rollups
+             where (hour >= %(head_start)s and hour < %(head_end)s)
+                or (hour >= %(tail_start)s and hour < %(tail_end)s)) as both_parts
+     group by link_id
+)
+select l.slug, l.title, c.clicks::bigint, c.bot_clicks::bigint, c.unique_visitors::bigint
+  from counted c join links l on l.id = c.link_id
+ order by c.clicks desc, l.slug
  limit %(limit)s;
 
 -- name: list_clicks

@@ -11,8 +11,14 @@ from tests.conftest import drain
 
 
 def _backdate(owner_conn, slug, hours_ago):
-    """Move a link's clicks and roll-ups back in time, keeping them consistent (the roll-ups are per hour)."""
+    """Move a link's clicks and roll-ups back in time by whole days, keeping them consistent (hourly and daily)."""
+    assert hours_ago % 24 == 0, "the daily roll-ups move by whole days"
     shift = timedelta(hours=hours_ago)
+    for table in ("click_daily", "click_breakdowns"):
+        owner_conn.execute(
+            f"update {table} set day = day - %s where link_id = (select id from links where slug = %s)",  # noqa: S608
+            [hours_ago // 24, slug],
+        )
     owner_conn.execute(
         "update clicks set clicked_at = clicked_at - %s where link_id = (select id from links where slug = %s)",
         [shift, slug],
