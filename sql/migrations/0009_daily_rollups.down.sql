@@ -56,5 +56,6 @@ begin
 end
 $$;
 
+drop function if exists rebuild_daily_rollups();
 drop table if exists click_breakdowns;
 drop table if exists click_daily;

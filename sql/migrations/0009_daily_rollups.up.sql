@@ -34,20 +34,31 @@ create policy click_breakdowns_tenant on click_breakdowns using (account_id = cu
 create policy click_breakdowns_owner on click_breakdowns to current_user using (true);
 grant select on click_daily, click_breakdowns to chatlink_app;
 
-insert into click_daily (link_id, account_id, day, clicks, bot_clicks, unique_visitors)
-select link_id, account_id, (hour at time zone 'UTC')::date, sum(clicks), sum(bot_clicks), sum(unique_visitors)
-  from click_rollups
- group by 1, 2, 3;
-
-insert into click_breakdowns (link_id, account_id, day, dimension, value, clicks, bot_clicks)
-select c.link_id, c.account_id, (c.clicked_at at time zone 'UTC')::date, d.dimension, d.value,
-       count(*) filter (where not c.is_bot), count(*) filter (where c.is_bot)
-  from clicks c
- cross join lateral (values ('country', c.country), ('referrer_host', c.referrer_host),
-                            ('device_type', c.device_type), ('browser', c.browser), ('os', c.os),
-                            ('utm_source', c.utm_source), ('utm_medium', c.utm_medium),
-                            ('utm_campaign', c.utm_campaign)) as d (dimension, value)
- group by 1, 2, 3, 4, 5;
+-- Rebuild the daily roll-ups from the hourly ones and the clicks (here for the clicks stored so far; also for an
+-- operator after a repair, and for `make bench-analytics`, which COPYs its clicks straight into the table).
+create function rebuild_daily_rollups() returns void
+    language sql
+    set search_path = pg_catalog, public, pg_temp
+    as $$
+        delete from click_daily;
+        delete from click_breakdowns;
+        insert into click_daily (link_id, account_id, day, clicks, bot_clicks, unique_visitors)
+        select link_id, account_id, (hour at time zone 'UTC')::date, sum(clicks), sum(bot_clicks),
+               sum(unique_visitors)
+          from click_rollups
+         group by 1, 2, 3;
+        insert into click_breakdowns (link_id, account_id, day, dimension, value, clicks, bot_clicks)
+        select c.link_id, c.account_id, (c.clicked_at at time zone 'UTC')::date, d.dimension, d.value,
+               count(*) filter (where not c.is_bot), count(*) filter (where c.is_bot)
+          from clicks c
+         cross join lateral (values ('country', c.country), ('referrer_host', c.referrer_host),
+                                    ('device_type', c.device_type), ('browser', c.browser), ('os', c.os),
+                                    ('utm_source', c.utm_source), ('utm_medium', c.utm_medium),
+                                    ('utm_campaign', c.utm_campaign)) as d (dimension, value)
+         group by 1, 2, 3, 4, 5;
+    $$;
+revoke all on function rebuild_daily_rollups() from public;
+select rebuild_daily_rollups();
 
 -- 0002's ingest_clicks, now also adding to the daily roll-ups.
 create or replace function ingest_clicks() returns bigint

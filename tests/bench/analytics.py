@@ -103,24 +103,13 @@ def generate_clicks(conn: psycopg.Connection, account_id: int, link_ids: list[in
 
 
 ROLL_UPS = (
-    # What ingest_clicks() maintains, built at once from the clicks (unique visitors as distinct ids per hour).
+    # What ingest_clicks() maintains, built at once from the clicks (unique visitors as distinct ids per hour),
+    # then the daily ones by the function migration 0009 uses.
     """insert into click_rollups (link_id, account_id, hour, clicks, bot_clicks, unique_visitors)
        select link_id, account_id, date_trunc('hour', clicked_at), count(*) filter (where not is_bot),
               count(*) filter (where is_bot), count(distinct visitor_id) filter (where not is_bot)
          from clicks group by 1, 2, 3""",
-    """insert into click_daily (link_id, account_id, day, clicks, bot_clicks, unique_visitors)
-       select link_id, account_id, (hour at time zone 'UTC')::date, sum(clicks), sum(bot_clicks),
-              sum(unique_visitors)
-         from click_rollups group by 1, 2, 3""",
-    """insert into click_breakdowns (link_id, account_id, day, dimension, value, clicks, bot_clicks)
-       select c.link_id, c.account_id, (c.clicked_at at time zone 'UTC')::date, d.dimension, d.value,
-              count(*) filter (where not c.is_bot), count(*) filter (where c.is_bot)
-         from clicks c
-        cross join lateral (values ('country', c.country), ('referrer_host', c.referrer_host),
-                                   ('device_type', c.device_type), ('browser', c.browser), ('os', c.os),
-                                   ('utm_source', c.utm_source), ('utm_medium', c.utm_medium),
-                                   ('utm_campaign', c.utm_campaign)) as d (dimension, value)
-        group by 1, 2, 3, 4, 5""",
+    "select rebuild_daily_rollups()",
     "analyze",
 )
 
