@@ -24,17 +24,18 @@ with days as (
       from click_breakdowns
      where link_id = %(link_id)s and day >= %(first_day)s and day < %(end_day)s
      group by 1, 2
+), edge_clicks as (  -- two plain range scans of (link_id, clicked_at), not one scan of the link with an OR
+    select * from clicks where link_id = %(link_id)s and clicked_at >= %(head_start)s and clicked_at < %(head_end)s
+    union all
+    select * from clicks where link_id = %(link_id)s and clicked_at >= %(tail_start)s and clicked_at < %(tail_end)s
 ), edges as (
     select d.dimension, d.value, count(*) as clicks
-      from clicks c
+      from edge_clicks c
      cross join lateral (values ('country', c.country), ('referrer_host', c.referrer_host),
                                 ('device_type', c.device_type), ('browser', c.browser), ('os', c.os),
                                 ('utm_source', c.utm_source), ('utm_medium', c.utm_medium),
                                 ('utm_campaign', c.utm_campaign)) as d (dimension, value)
-     where c.link_id = %(link_id)s
-       and ((c.clicked_at >= %(head_start)s and c.clicked_at < %(head_end)s)
-            or (c.clicked_at >= %(tail_start)s and c.clicked_at < %(tail_end)s))
-       and (%(include_bots)s or not c.is_bot)
+     where %(include_bots)s or not c.is_bot
      group by 1, 2
 )
 select dimension, value, sum(clicks)::bigint as clicks
@@ -51,10 +52,10 @@ select coalesce(sum(clicks), 0)::bigint as clicks, coalesce(sum(bot_clicks), 0):
           from click_daily
          where day >= %(first_day)s and day < %(end_day)s
         union all
-        select clicks, bot_clicks, unique_visitors
-          from click_rollups
-         where (hour >= %(head_start)s and hour < %(head_end)s) or (hour >= %(tail_start)s and hour < %(tail_end)s))
-       as both_parts;
+        select clicks, bot_clicks, unique_visitors from click_rollups where hour >= %(head_start)s and hour < %(head_end)s
+        union all
+        select clicks, bot_clicks, unique_visitors from click_rollups where hour >= %(tail_start)s and hour < %(tail_end)s)
+       as parts;
 
 -- name: account_top_links
 -- The account's links with the most clicks in the range, from the daily and (at the ends) hourly roll-ups.
@@ -66,8 +67,11 @@ with counted as (
             union all
             select link_id, clicks, bot_clicks, unique_visitors
               from click_rollups
-             where (hour >= %(head_start)s and hour < %(head_end)s)
-                or (hour >= %(tail_start)s and hour < %(tail_end)s)) as both_parts
+             where hour >= %(head_start)s and hour < %(head_end)s
+            union all
+            select link_id, clicks, bot_clicks, unique_visitors
+              from click_rollups
+             where hour >= %(tail_start)s and hour < %(tail_end)s) as parts
      group by link_id
 )
 select l.slug, l.title, c.clicks::bigint, c.bot_clicks::bigint, c.unique_visitors::bigint
