@@ -19,7 +19,6 @@ QUERIES_DIR = Path(__file__).resolve().parents[2] / "sql" / "queries"
 APP_ROLE = "chatlink_app"
 
 
-
 class DatabaseDown(psycopg.OperationalError):
     """The PostgreSQL breaker is open: refused at once, without waiting DB_TIMEOUT_MS for the pool."""
 
