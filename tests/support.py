@@ -8,8 +8,10 @@ import os
 import socket
 import threading
 import time
+from pathlib import Path
 
 import psycopg
+import requests
 from psycopg import sql
 
 
@@ -111,3 +113,17 @@ class TcpProxy:
             for sock in (source, sink):
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
+
+
+def wait_until_serving(url: str, process, seconds: float, log: Path, what: str) -> None:
+    """Wait until GET url/livez answers 200; raise with log's text if process exits or seconds pass first."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if requests.get(f"{url}/livez", timeout=1).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not start:\n{log.read_text()}")
+        time.sleep(0.1)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support import free_port
+from tests.support import free_port, wait_until_serving
 
 ROOT = Path(__file__).resolve().parent.parent
 SITE = ROOT / "deploy" / "nginx" / "chatlink.conf"
@@ -72,16 +72,7 @@ class Nginx:
             stdout=subprocess.DEVNULL,
             stderr=(directory / "stderr.log").open("wb"),
         )
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if requests.get(f"{self.url}/livez", timeout=1).status_code == 200:
-                    return
-            except requests.ConnectionError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"nginx did not start: {(directory / 'stderr.log').read_text()}")
-            time.sleep(0.1)
+        wait_until_serving(self.url, self.process, 20, directory / "stderr.log", "nginx")
 
     def stop(self) -> None:
         self.process.terminate()
