@@ -5,6 +5,7 @@ What /health said during each fault is recorded, and a summary table printed at 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
 import signal
@@ -129,21 +130,22 @@ class Load:
 
     def _visit(self, n: int) -> None:
         with requests.Session() as session:
-            i = n
-            while not self.stopping.is_set():
-                try:
-                    response = session.get(
-                        f"{self.url}/{self.slugs[i % len(self.slugs)]}",
-                        allow_redirects=False,
-                        timeout=15,
-                        headers={"User-Agent": f"chaos-visitor/{i}"},
-                    )
-                    self.statuses[str(response.status_code)] += 1
-                    if "X-Click-Id" in response.headers:
-                        self.received.append(response.headers["X-Click-Id"])
-                except requests.RequestException as exc:
-                    self.statuses[type(exc).__name__] += 1
-                i += 1
+            for i in itertools.count(n, VISITORS):
+                if self.stopping.is_set():
+                    return
+                self._follow(session, self.slugs[i % len(self.slugs)], f"chaos-visitor/{i}")
+
+    def _follow(self, session: requests.Session, slug: str, agent: str) -> None:
+        """One visit: its status (or error) counted, its click id kept."""
+        try:
+            headers = {"User-Agent": agent}
+            response = session.get(f"{self.url}/{slug}", allow_redirects=False, timeout=15, headers=headers)
+        except requests.RequestException as exc:
+            self.statuses[type(exc).__name__] += 1
+            return
+        self.statuses[str(response.status_code)] += 1
+        if "X-Click-Id" in response.headers:
+            self.received.append(response.headers["X-Click-Id"])
 
     def _poll_health(self) -> None:
         with requests.Session() as session:
