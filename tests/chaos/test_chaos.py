@@ -21,6 +21,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import redis
 import requests
 
 from service.auth import issue_key
@@ -81,6 +82,10 @@ class Stack:
         socket_dir = psycopg.conninfo.conninfo_to_dict(self.owner_url)["host"]
         log = str(self.postgres.directory / "log")
         self.pg_ctl("-w", "-o", '-h ""', "-o", f"-k {socket_dir}", "-l", log, "start")
+
+    def redis_client(self) -> redis.Redis:
+        """A direct client of the private Redis (not through the proxy), for the test's own commands."""
+        return redis.Redis(port=self.redis.port, decode_responses=True)
 
     def read_only(self, on: bool) -> None:
         with psycopg.connect(self.owner_url, autocommit=True) as conn:
@@ -261,6 +266,34 @@ def test_redis_and_postgresql_down_at_once(stack, tmp_path):
         stack.redis.start()
 
     _run(stack, tmp_path, "Redis and PostgreSQL down at once", inject, recover, hold=5)
+
+
+def test_postgresql_down_with_redis_up_and_click_counters_lost(stack, tmp_path):
+    def inject(server):
+        client = stack.redis_client()
+        counters = list(client.scan_iter(match="*clickcount:*"))
+        client.delete(*counters)  # evicted or lost: the script answers 'seed' and PostgreSQL cannot say
+        stack.stop_postgres()
+
+    fault = "PostgreSQL down, Redis up, click counters lost"
+    _run(stack, tmp_path, fault, inject, lambda s: stack.start_postgres(), hold=5)
+
+
+@NEEDS_PART_1  # today the drainer sends XGROUP CREATE after any error, which Redis refuses when out of memory
+def test_redis_out_of_memory_while_postgresql_is_down(stack, tmp_path):
+    client = stack.redis_client()
+
+    def inject(server):
+        stack.stop_postgres()
+        client.config_set("maxmemory-policy", "noeviction")
+        client.config_set("maxmemory", client.info("memory")["used_memory"])  # every write refused from now on
+
+    try:
+        # PostgreSQL returns while Redis is still full: only the drainer (read, ack, delete) can free its memory.
+        fault = "Redis at maxmemory (noeviction), PostgreSQL down"
+        _run(stack, tmp_path, fault, inject, lambda s: stack.start_postgres(), hold=5)
+    finally:
+        client.config_set("maxmemory", 0)
 
 
 @NEEDS_PART_1  # today ReadOnlySqlTransaction dead-letters the window's clicks (errors classified by SQLSTATE)
