@@ -181,10 +181,10 @@ def test_behind_nginx_slowloris_and_slow_bodies_do_not_hold_up_normal_redirects(
             timeout=10,
         ).json()["slug"]
         url = f"{proxy.url}/{slug}"
-        quiet, quiet_failures = _redirect_latencies(url, 5)
+        quiet, quiet_failures = _redirect_latencies(url, 10)
         attack = SlowClients(proxy.port, headers=200, bodies=20)
         try:
-            loud, loud_failures = _redirect_latencies(url, 12)
+            loud, loud_failures = _redirect_latencies(url, 10)
             time.sleep(3)  # past client_header_timeout / client_body_timeout (5 s) since the attack began
         finally:
             attack.stop()
