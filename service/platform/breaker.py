@@ -18,6 +18,8 @@ class Breaker:
     One failed round trip shared by several callers (a ScriptBatcher batch) is one failure, not one per caller:
     pass the same exception object and it is counted once."""
 
+    PROBE_GRACE_SECONDS = 30.0  # a probe that never reported success or failure frees the slot after this
+
     def __init__(
         self,
         name: str,
@@ -45,7 +47,7 @@ class Breaker:
     @property
     def available(self) -> bool:
         """False while the breaker is open and no probe is due."""
-        return not self._open or (not self._probing and time.monotonic() >= self._probe_at)
+        return not self._open or time.monotonic() >= self._probe_at
 
     @property
     def is_open(self) -> bool:
@@ -62,9 +64,12 @@ class Breaker:
         if not self._open:
             return True
         with self._lock:
-            if self._open and (self._probing or time.monotonic() < self._probe_at):
+            now = time.monotonic()
+            if self._open and now < self._probe_at:
                 return False
-            self._probing = self._open
+            if self._open:
+                # One probe at a time; should it never report back (interrupted), another may go after the grace.
+                self._probing, self._probe_at = True, now + self.PROBE_GRACE_SECONDS
             return True
 
     def success(self) -> None:

@@ -105,6 +105,9 @@ class Database:
         except UNAVAILABLE_ERRORS as exc:
             self.breaker.failure(exc)
             raise
+        except psycopg.Error:  # PostgreSQL answered (a constraint, a refused statement): it is up
+            self.breaker.success()
+            raise
         self.breaker.success()
 
     @contextmanager

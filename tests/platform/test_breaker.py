@@ -182,3 +182,22 @@ def test_postgresql_down_is_refused_at_once_once_its_breaker_opens(
     assert db.pool.get_stats().get("requests_num", 0) == asked  # refused by the breaker, the pool never asked
     with pytest.raises(DatabaseDown), db.connection():
         pass
+
+
+def test_a_probe_that_never_reports_back_frees_the_slot_after_the_grace(monkeypatch):
+    breaker = _open_breaker(first_delay=0.01)
+    monkeypatch.setattr(Breaker, "PROBE_GRACE_SECONDS", 0.05)
+    while not breaker.allow():
+        time.sleep(0.005)
+    assert not breaker.allow()  # the probe is out (and then lost: neither success nor failure is reported)
+    time.sleep(0.06)
+    assert breaker.allow()
+
+
+def test_a_postgresql_error_that_is_an_answer_counts_as_postgresql_up(db):
+    db.breaker.failure(psycopg.OperationalError("one"))
+    db.breaker.failure(psycopg.OperationalError("two"))
+    with pytest.raises(psycopg.errors.UndefinedTable), db.connection() as conn:
+        conn.execute("select * from no_such_table")
+    db.breaker.failure(psycopg.OperationalError("three"))
+    assert not db.breaker.is_open  # the refused statement broke the run of failures
