@@ -61,9 +61,7 @@ class LastResort:
         """Note that slug resolved to link now (refreshed at most once per half TTL: one dict read per redirect)."""
         now = time.monotonic()
         known = self._links.get(slug)
-        if known is not None and known[1] - now > self.ttl / 2:
-            return
-        if not self.size:
+        if not self.size or (known is not None and known[1] - now > self.ttl / 2):
             return
         self._links.pop(slug, None)
         self._links[slug] = (link, now + self.ttl)
@@ -188,8 +186,11 @@ class Redirector:
             return Outcome(429, retry_after=wait)
         try:
             link, clicks = find_for_redirect(self.db, slug)
-        except (psycopg.Error, *UNAVAILABLE_ERRORS) as exc:
+        except UNAVAILABLE_ERRORS as exc:
             return self._last_resort(slug, click, exc)
+        except psycopg.Error as exc:  # PostgreSQL answered, with an error: not a state for the last resort
+            log.warning("redirect with Redis down and PostgreSQL refusing: %s", type(exc).__name__)
+            return UNAVAILABLE
         return self._remembered(
             slug, _outcome(Resolution(self._verdict_from_postgres(link, clicks, click, bot), link), click)
         )
