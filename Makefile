@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help install lock run test test-fast bench ledger chaos lint fmt migrate rollback api-key revoke-key
+.PHONY: help install lock run test test-fast bench ledger lint fmt migrate rollback api-key revoke-key
 
 help: ## list the tasks
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -43,6 +43,7 @@ bench: install ## benchmark redirects and link creation with wrk (own database a
 ledger: install ## the click ledger: every X-Click-Id a client got is stored once, through restarts
 	$(PY) -m pytest -q -s tests/test_ledger.py
 
+.PHONY: chaos
 chaos: install ## every fault of issue 10 under load through gunicorn; the ledger and /health per fault (~3 min)
 	$(PY) -m pytest -q -s -rxX -m chaos tests/chaos
 
