@@ -32,10 +32,10 @@ run: install ## serve on http://127.0.0.1:PORT (default 8000) under gunicorn (fi
 	$(VENV)/bin/gunicorn -c gunicorn.conf.py wsgi:app
 
 test: install ## run the test suite against real PostgreSQL and Redis (and gunicorn, and Chromium when installed)
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not chaos"
 
 test-fast: install ## the tests that need no live gunicorn and no browser
-	$(PY) -m pytest -m "not live"
+	$(PY) -m pytest -m "not live and not chaos"
 
 bench: install ## benchmark redirects and link creation with wrk (own database and Redis prefix; ~1 min)
 	$(PY) -m tests.bench.run
@@ -45,6 +45,10 @@ bench-analytics: install ## analytics at 10 million clicks: stats, link list and
 
 ledger: install ## the click ledger: every X-Click-Id a client got is stored once, through restarts
 	$(PY) -m pytest -q -s tests/test_ledger.py
+
+.PHONY: chaos
+chaos: install ## every fault of issue 10 under load through gunicorn; the ledger and /health per fault (~3 min)
+	$(PY) -m pytest -q -s -rxX -m chaos tests/chaos
 
 lint: install ## ruff lint and format check
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

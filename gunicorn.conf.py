@@ -9,14 +9,16 @@ import threading
 
 from service import config as chatlink_config
 from service.config import ConfigError, load_settings
-from service.platform import localservices, migrations
+from service.platform import identity, localservices, migrations
 
 try:
     settings = load_settings()
 except ConfigError as exc:
     sys.exit(f"chatlink: {exc}")
 
-bind = f"0.0.0.0:{settings.port}"
+# Loopback unless BIND says otherwise: the service belongs behind a reverse proxy (deploy/nginx), which guards it
+# from slow clients; gunicorn's gthread workers read request headers with no timeout of their own.
+bind = f"[{settings.bind}]:{settings.port}" if ":" in settings.bind else f"{settings.bind}:{settings.port}"
 workers = settings.web_concurrency
 worker_class = "gthread"
 threads = settings.worker_threads
@@ -66,6 +68,8 @@ def on_starting(server):
     chatlink_config.install(settings)
     applied = migrations.migrate(settings.database_url)
     server.log.info("migrations applied: %s", ", ".join(applied) if applied else "none pending")
+    # Read once here, so that every worker inherits it and can start (and serve from Redis) with PostgreSQL down.
+    server.log.info("redis keys under %s%s:", settings.key_prefix, identity.namespace(settings.database_url))
 
 
 class Background:

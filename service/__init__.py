@@ -17,7 +17,8 @@ from .leads import routes as leads
 from .links import routes as links
 from .links.slugs import SlugConverter
 from .links.store import LinkCache
-from .platform import errors
+from .platform import errors, identity
+from .platform.breaker import Breaker
 from .platform.db import Database, app_conninfo
 from .platform.http import MAX_BODY_BYTES
 from .platform.redis import RedisClient
@@ -25,7 +26,7 @@ from .platform.secrets import Signer, VisitorKeys
 from .redirect import routes as redirect
 from .redirect.fastpath import FastRedirects
 from .redirect.limits import RedirectLimits
-from .redirect.resolver import Redirector
+from .redirect.resolver import LastResort, Redirector
 from .webhooks import routes as webhooks
 
 
@@ -45,16 +46,30 @@ def create_app(settings: Settings | None = None) -> Flask:
         size=settings.db_pool_size,
         timeout_ms=settings.db_timeout_ms,
         setup_sql=STAGING_DDL,
+        breaker=Breaker(
+            "postgresql",
+            failures=settings.breaker_failures,
+            first_delay=settings.breaker_first_probe_ms / 1000,
+            max_delay=settings.db_breaker_seconds,
+        ),
     )
     db.open()
-    redis = RedisClient.from_settings(settings)
+    redis = RedisClient.from_settings(settings, identity.namespace(settings.database_url))
     visitor_keys = VisitorKeys(db)
 
     # The domains' long-lived parts.
     link_cache = LinkCache(redis, ttl=settings.cache_ttl_seconds, not_found_ttl=settings.not_found_ttl_seconds)
     capture = ClickCapture(visitor_keys, settings.country_header, settings.honor_dnt)
     sink = ClickSink(db, Spool(Path(settings.spool_dir)))
-    redirector = Redirector(redis, link_cache, db, capture, sink, RedirectLimits(settings, redis, visitor_keys))
+    redirector = Redirector(
+        redis,
+        link_cache,
+        db,
+        capture,
+        sink,
+        RedirectLimits(settings, redis, visitor_keys),
+        LastResort(settings.last_resort_links, settings.last_resort_ttl_seconds),
+    )
     app.extensions.update(
         {
             "chatlink.db": db,

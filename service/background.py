@@ -15,6 +15,7 @@ from pathlib import Path
 from .clicks.drainer import Drainer
 from .clicks.pipeline import STAGING_DDL, Spool
 from .config import Settings, load_settings
+from .platform import identity
 from .platform.db import Database, app_conninfo
 from .platform.redis import RedisClient
 from .webhooks.deliverer import Deliverer
@@ -42,7 +43,7 @@ class BackgroundWork:
             min_size=0,
         )
         db.open()
-        redis = RedisClient.from_settings(settings)
+        redis = RedisClient.from_settings(settings, identity.namespace(settings.database_url))
         drainer = Drainer(
             redis,
             db,

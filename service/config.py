@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -54,6 +55,14 @@ def _header_name(raw: str) -> str:
     return raw
 
 
+def _host(raw: str) -> str:
+    try:
+        ipaddress.ip_address(raw)
+    except ValueError:
+        raise ValueError("must be an IP address such as 127.0.0.1, ::1 or 0.0.0.0") from None
+    return raw
+
+
 def _text(raw: str) -> str:
     return raw
 
@@ -79,7 +88,7 @@ class Settings:
     trusted_proxies: int = env("0", _int(0, 10), "How many proxies in front append to X-Forwarded-For.")
     key_prefix: str = env("chatlink:", _text, "Prefix of every Redis key the service writes.")
     redis_timeout_ms: int = env("100", _int(5, 5000), "Redis connect and read timeout.")
-    redis_breaker_seconds: int = env("5", _int(1, 300), "How long Redis is skipped after a failure.")
+    redis_breaker_seconds: int = env("5", _int(1, 300), "Longest wait between probes while Redis stays down.")
     db_timeout_ms: int = env("2000", _int(50, 60000), "PostgreSQL connect and statement timeout.")
     db_pool_size: int = env("4", _int(1, 100), "Connections per worker process.")
     cache_ttl_seconds: int = env("3600", _int(1, 86400 * 30), "How long a resolved link stays cached.")
@@ -117,6 +126,13 @@ class Settings:
     gunicorn_timeout: int = env("30", _int(1, 3600), "Seconds before gunicorn restarts a stuck worker.")
     access_log: bool = env("1", _bool, "Write gunicorn's access log (without client addresses).")
     log_level: str = env("info", _text, "gunicorn/app log level.")
+    # issue 10 part 2: breakers, the last-resort link cache, the bind address.
+    bind: str = env("127.0.0.1", _host, "Address gunicorn listens on (with PORT); keep it behind deploy/nginx.")
+    breaker_failures: int = env("3", _int(1, 1000), "Consecutive failures that open a breaker (Redis, PostgreSQL).")
+    breaker_first_probe_ms: int = env("200", _int(10, 60000), "First wait before a breaker probes; doubles per miss.")
+    db_breaker_seconds: int = env("5", _int(1, 300), "Longest wait between probes while PostgreSQL stays down.")
+    last_resort_links: int = env("1000", _int(0, 1000000), "Links a worker keeps for Redis and PostgreSQL both down.")
+    last_resort_ttl_seconds: int = env("60", _int(1, 3600), "How long a remembered link may be served with both down.")
     require_services: bool = env(
         "0", _bool, "1: never start embedded PostgreSQL/Redis; fail when the local ones do not answer (CI)."
     )

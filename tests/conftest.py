@@ -8,21 +8,19 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from pathlib import Path
 
 import psycopg
 import pytest
 import redis
-import requests
 
 from service import close_app, create_app
 from service.auth import issue_key
 from service.background import BackgroundWork
 from service.config import load_settings
 from service.platform import localservices, migrations
-from tests.support import drop_database, free_port
+from tests.support import drop_database, free_port, wait_until_serving
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_ID = uuid.uuid4().hex[:10]
@@ -249,16 +247,7 @@ class LiveServer:
             stdout=log_path.open("wb"),
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(f"{self.url}/livez", timeout=1).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"gunicorn did not start:\n{log_path.read_text()}")
-            time.sleep(0.1)
+        wait_until_serving(self.url, self.process, 30, log_path, "gunicorn")
 
     def log(self) -> str:
         return self.log_path.read_text()

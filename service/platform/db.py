@@ -13,8 +13,15 @@ import psycopg_pool
 from flask import current_app
 from psycopg.rows import dict_row
 
+from .breaker import Breaker
+
 QUERIES_DIR = Path(__file__).resolve().parents[2] / "sql" / "queries"
 APP_ROLE = "chatlink_app"
+
+
+class DatabaseDown(psycopg.OperationalError):
+    """The PostgreSQL breaker is open: refused at once, without waiting DB_TIMEOUT_MS for the pool."""
+
 
 # What a broken or unreachable database raises; the error handlers turn these into 503.
 UNAVAILABLE_ERRORS = (psycopg.OperationalError, psycopg_pool.PoolTimeout, psycopg.errors.QueryCanceled)
@@ -47,12 +54,21 @@ def app_conninfo(owner_url: str, app_url: str = "") -> str:
 
 
 class Database:
-    """One connection pool per process, opened after gunicorn forks."""
+    """One connection pool per process, opened after gunicorn forks, behind a breaker: once PostgreSQL has failed
+    repeatedly, callers get DatabaseDown in microseconds instead of each waiting DB_TIMEOUT_MS for the pool."""
 
     def __init__(
-        self, conninfo: str, *, size: int, timeout_ms: int, setup_sql: str | None = None, min_size: int = 1
+        self,
+        conninfo: str,
+        *,
+        size: int,
+        timeout_ms: int,
+        setup_sql: str | None = None,
+        min_size: int = 1,
+        breaker: Breaker | None = None,
     ) -> None:
         self.conninfo = conninfo
+        self.breaker = breaker or Breaker("postgresql")
         self.pool = psycopg_pool.ConnectionPool(
             conninfo,
             min_size=min_size,
@@ -77,21 +93,34 @@ class Database:
         """Close every connection of the pool."""
         self.pool.close()
 
-    def connection(self):
-        """A pooled autocommit connection acting for no account (for the SECURITY DEFINER narrow paths)."""
-        return self.pool.connection()
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection]:
+        """A pooled autocommit connection acting for no account (for the SECURITY DEFINER narrow paths); raises
+        DatabaseDown at once while the breaker is open."""
+        if not self.breaker.allow():
+            raise DatabaseDown("PostgreSQL breaker open")
+        try:
+            with self.pool.connection() as conn:
+                yield conn
+        except UNAVAILABLE_ERRORS as exc:
+            self.breaker.failure(exc)
+            raise
+        except psycopg.Error:  # PostgreSQL answered (a constraint, a refused statement): it is up
+            self.breaker.success()
+            raise
+        self.breaker.success()
 
     @contextmanager
     def transaction(self, account_id: int | None = None) -> Iterator[psycopg.Connection]:
         """A connection inside a transaction, acting for account_id under row-level security."""
-        with self.pool.connection() as conn, conn.transaction():
+        with self.connection() as conn, conn.transaction():
             if account_id is not None:
                 conn.execute("select set_config('chatlink.account_id', %s, true)", [str(account_id)])
             yield conn
 
     def unscoped_one(self, name: str, params: Any = None) -> dict | None:
         """Run a named query as no account (the narrow SECURITY DEFINER paths only); return its first row."""
-        with self.pool.connection() as conn:
+        with self.connection() as conn:
             return conn.execute(QUERIES[name], params).fetchone()
 
 

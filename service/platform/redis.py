@@ -15,6 +15,8 @@ from flask import current_app
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from .breaker import Breaker
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -154,11 +156,21 @@ class RedisDown(Exception):
 
 
 class RedisClient:
-    """A Redis client that fails fast: short timeouts, no retries, and a breaker that skips Redis after a failure.
+    """A Redis client that fails fast: short timeouts, no retries, and a breaker (see Breaker) that skips Redis once
+    it fails repeatedly, not after one slow reply.
 
     Every key it writes starts with one prefix (`key()`), so that tests and tenants of a Redis stay apart."""
 
-    def __init__(self, url: str, *, prefix: str, timeout_ms: int, breaker_seconds: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str,
+        timeout_ms: int,
+        breaker_seconds: float,
+        breaker_failures: int = 3,
+        breaker_first_probe_ms: int = 200,
+    ) -> None:
         timeout = timeout_ms / 1000
         self.client = redis.Redis.from_url(
             url,
@@ -170,20 +182,26 @@ class RedisClient:
         )
         self.url = url
         self.prefix = prefix
-        self.breaker_seconds = breaker_seconds
-        self._open_until = 0.0
+        self.breaker = Breaker(
+            "redis",
+            failures=breaker_failures,
+            first_delay=breaker_first_probe_ms / 1000,
+            max_delay=breaker_seconds,
+        )
         self._lock = threading.Lock()
         self._on_recover: list[Callable[[], None]] = []
         self._batchers: list[ScriptBatcher] = []
 
     @classmethod
-    def from_settings(cls, settings) -> RedisClient:
-        """The client as the settings describe it."""
+    def from_settings(cls, settings, namespace: str = "") -> RedisClient:
+        """The client as the settings describe it, its keys under KEY_PREFIX + namespace (the database's id)."""
         return cls(
             settings.redis_url,
-            prefix=settings.key_prefix,
+            prefix=settings.key_prefix + (f"{namespace}:" if namespace else ""),
             timeout_ms=settings.redis_timeout_ms,
             breaker_seconds=settings.redis_breaker_seconds,
+            breaker_failures=settings.breaker_failures,
+            breaker_first_probe_ms=settings.breaker_first_probe_ms,
         )
 
     def key(self, name: str) -> str:
@@ -199,18 +217,19 @@ class RedisClient:
     # --- the breaker -------------------------------------------------------------------------------------
     @property
     def available(self) -> bool:
-        """False while the breaker is open (Redis failed within the last breaker_seconds)."""
-        return time.monotonic() >= self._open_until
+        """False while the breaker is open and no probe is due."""
+        return self.breaker.available
 
     def call(self, operation: Callable[[redis.Redis], T]) -> T:
         """Run operation on the client; raise RedisDown at once while the breaker is open or when it fails."""
-        if not self.available:
+        if not self.breaker.allow():
             raise RedisDown("breaker open")
         try:
             result = operation(self.client)
         except redis.RedisError as exc:
-            self._trip(exc)
+            self._failed(exc)
             raise RedisDown(str(exc)) from exc
+        self.breaker.success()
         if self._on_recover:
             self._recovered()
         return result
@@ -227,11 +246,10 @@ class RedisClient:
         for hook in hooks:
             hook()
 
-    def _trip(self, exc: Exception) -> None:
-        if self.available:
-            log.warning("redis failed (%s); skipping it for %ss", type(exc).__name__, self.breaker_seconds)
-        self._open_until = time.monotonic() + self.breaker_seconds
-        self.client.connection_pool.disconnect()  # close half-read connections of a hung server
+    def _failed(self, exc: Exception) -> None:
+        self.breaker.failure(exc)
+        if isinstance(exc, redis.TimeoutError | redis.ConnectionError):
+            self.client.connection_pool.disconnect()  # close half-read connections of a hung server
 
     def ping(self) -> bool:
         """PING, bypassing the breaker (for health checks)."""

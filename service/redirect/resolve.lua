@@ -4,7 +4,8 @@
 -- The cached link is a JSON object (Link.to_cache): this script reads id, account_id, closes_at and max_clicks.
 -- KEYS: link, click stream, click-counter prefix, the client's request counters, the client's 404 counters
 --       (the last two are key prefixes, '' when rate limits are off).
--- ARGV: [1] now (epoch s), [2] fill ('' none, 'link', 'unknown'), [3] fill entry, [4] fill ttl, [5] seed ('' none),
+-- ARGV: [1] now (epoch s), [2] fill ('' none, 'link', 'unknown'), [3] fill entry, [4] fill ttl, [5] seed ('' none,
+--       '?' the count is unknown because PostgreSQL is down: queue the click uncounted),
 --       [6] record 1/0, [7] bot 1/0, [8] click JSON, [9] check limits 1/0, [10] request limits, [11] 404 limits
 --       (each "amount window amount window …", windows in seconds: "1200 60" is 1200/minute).
 -- Returns nil (miss), {'', 'unknown'}, {'', 'rate', seconds to wait}, or {link JSON, ok | gone | limit | seed}.
@@ -50,7 +51,12 @@ if ARGV[6] ~= '1' then return {raw, 'ok'} end
 if ARGV[7] ~= '1' then
     -- Every human click is counted, limit or not, so a max_clicks set later starts from the true count.
     local counter = KEYS[3] .. link.id
-    if ARGV[5] ~= '' then
+    if ARGV[5] == '?' then
+        -- PostgreSQL cannot tell the count: let the click through uncounted. The counter stays absent, so the first
+        -- click after PostgreSQL returns seeds it from the stored clicks and max_clicks holds from then on.
+        redis.call('XADD', KEYS[2], '*', 'l', link.id, 'a', link.account_id, 'd', ARGV[8])
+        return {raw, 'ok'}
+    elseif ARGV[5] ~= '' then
         redis.call('SET', counter, ARGV[5], 'NX')
     elseif redis.call('EXISTS', counter) == 0 then
         return {raw, 'seed'}  -- the count was lost (or never read): ask PostgreSQL for it first

@@ -49,6 +49,34 @@ class Resolution:
     retry_after: int = 0  # seconds, for "rate"
 
 
+class LastResort:
+    """Links this worker resolved recently (bounded, short TTL): served only while Redis AND PostgreSQL are both
+    unavailable, so that a node whose dependencies are both down still redirects the links people are clicking."""
+
+    def __init__(self, size: int, ttl_seconds: int) -> None:
+        self.size, self.ttl = size, ttl_seconds
+        self._links: dict[str, tuple[Link, float]] = {}  # insertion order = age: the oldest goes first
+
+    def remember(self, slug: str, link: Link) -> None:
+        """Note that slug resolved to link now (refreshed at most once per half TTL: one dict read per redirect)."""
+        now = time.monotonic()
+        known = self._links.get(slug)
+        if not self.size or (known is not None and known[1] - now > self.ttl / 2):
+            return
+        self._links.pop(slug, None)
+        self._links[slug] = (link, now + self.ttl)
+        while len(self._links) > self.size:
+            try:
+                del self._links[next(iter(self._links))]
+            except (KeyError, StopIteration, RuntimeError):  # another thread evicted it first
+                break
+
+    def get(self, slug: str) -> Link | None:
+        """The link slug resolved to within the TTL, else None."""
+        known = self._links.get(slug)
+        return known[0] if known is not None and known[1] > time.monotonic() else None
+
+
 class Redirector:
     """Decides what GET /<slug> answers and records its click; needs no Flask request, so the fast path can use it."""
 
@@ -60,8 +88,10 @@ class Redirector:
         capture: ClickCapture,
         sink: ClickSink,
         limits: RedirectLimits,
+        last_resort: LastResort | None = None,
     ) -> None:
         self.redis, self.links, self.db, self.capture, self.sink, self.limits = redis, links, db, capture, sink, limits
+        self.last_resort = last_resort or LastResort(0, 1)
         self._script = redis.batcher(SCRIPT)
         self._stream = stream_key(redis)
         # Followed by a link id: the human clicks a link has had (max_clicks is checked against it).
@@ -91,13 +121,27 @@ class Redirector:
             try:
                 link, clicks = find_for_redirect(self.db, slug)
             except (psycopg.Error, *UNAVAILABLE_ERRORS) as exc:  # down, or refusing (e.g. mid-failover)
-                log.warning("redirect of an uncached link while PostgreSQL is down: %s", type(exc).__name__)
-                return UNAVAILABLE
-            try:
-                resolution = self._run_script(slug, click_json, bot, client, fill=(link, clicks))
-            except RedisDown:
-                resolution = Resolution(self._verdict_from_postgres(link, clicks, click, bot), link)
-        return _outcome(resolution, click)
+                if resolution.verdict == "miss":
+                    log.warning("redirect of an uncached link while PostgreSQL is down: %s", type(exc).__name__)
+                    return UNAVAILABLE
+                # Cached, but its click count was lost: redirect with the click queued uncounted (max_clicks is
+                # enforced again once PostgreSQL answers; the README states the bound).
+                try:
+                    resolution = self._run_script(slug, click_json, bot, client, uncounted=True)
+                except RedisDown:
+                    return self._without_redis(slug, click, bot, None)
+            else:
+                try:
+                    resolution = self._run_script(slug, click_json, bot, client, fill=(link, clicks))
+                except RedisDown:
+                    resolution = Resolution(self._verdict_from_postgres(link, clicks, click, bot), link)
+        return self._remembered(slug, _outcome(resolution, click))
+
+    def _remembered(self, slug: str, outcome: Outcome) -> Outcome:
+        """outcome, its link noted for the last-resort cache when it redirects."""
+        if outcome.link is not None and outcome.status in (200, 302):
+            self.last_resort.remember(slug, outcome.link)
+        return outcome
 
     def _run_script(
         self,
@@ -106,15 +150,17 @@ class Redirector:
         bot: bool,
         client: ClientLimits | None,
         fill: tuple[Link | None, int] | None = None,
+        uncounted: bool = False,
     ) -> Resolution:
         """resolve.lua for this request. The first call checks the client's limits; on a miss the second passes the
-        link read from PostgreSQL (None: unknown there) and its click count as the fill, limits not checked again."""
+        link read from PostgreSQL (None: unknown there) and its click count as the fill, limits not checked again.
+        uncounted: the count is unknowable (PostgreSQL down), queue the click without counting it."""
         if fill is not None:
             link, clicks = fill
             mode, seed = ("link", clicks) if link else ("unknown", "")
             value, ttl = self.links.entry(link)
         else:
-            mode, value, ttl, seed = "", "", 0, ""
+            mode, value, ttl, seed = "", "", 0, "?" if uncounted else ""
         keys = [self.links.key(slug), self._stream, self._click_counter_prefix]
         args = [f"{time.time():.3f}", mode, value, ttl, seed, "1" if click_json else "0", "1" if bot else "0"]
         args.append(click_json or "")
@@ -123,7 +169,7 @@ class Redirector:
             args += ["0", "", ""]
         else:
             keys += [client.requests_key, client.not_found_key]
-            args += ["1" if fill is None else "0", client.requests, client.not_found]
+            args += ["1" if fill is None and not uncounted else "0", client.requests, client.not_found]
         reply = self.redis.call(lambda r: self._script(keys, args))
         if reply is None:
             return Resolution("miss")
@@ -140,10 +186,27 @@ class Redirector:
             return Outcome(429, retry_after=wait)
         try:
             link, clicks = find_for_redirect(self.db, slug)
-        except (psycopg.Error, *UNAVAILABLE_ERRORS) as exc:
+        except UNAVAILABLE_ERRORS as exc:
+            return self._last_resort(slug, click, exc)
+        except psycopg.Error as exc:  # PostgreSQL answered, with an error: not a state for the last resort
+            log.warning("redirect with Redis down and PostgreSQL refusing: %s", type(exc).__name__)
+            return UNAVAILABLE
+        return self._remembered(
+            slug, _outcome(Resolution(self._verdict_from_postgres(link, clicks, click, bot), link), click)
+        )
+
+    def _last_resort(self, slug: str, click: dict | None, exc: Exception) -> Outcome:
+        """Redis and PostgreSQL both down: a link this worker resolved recently still redirects, its click spooled
+        (the count is unknown, so max_clicks is not checked); anything else is 503."""
+        link = self.last_resort.get(slug)
+        if link is None:
             log.warning("redirect with Redis and PostgreSQL both down: %s", type(exc).__name__)
             return UNAVAILABLE
-        return _outcome(Resolution(self._verdict_from_postgres(link, clicks, click, bot), link), click)
+        if link.gone_reason():
+            return Outcome(410, link, gone_reason=link.gone_reason())
+        if click:
+            self.sink.write(click, link.id, link.account_id)
+        return Outcome(200 if link.lead_form else 302, link, click["id"] if click else None)
 
     def _verdict_from_postgres(self, link: Link | None, clicks: int, click: dict | None, bot: bool) -> str:
         """resolve.lua's decision made from PostgreSQL's row, with the click written straight to PostgreSQL."""
