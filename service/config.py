@@ -7,6 +7,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 
+from cryptography.fernet import Fernet
 from flask import current_app
 from limits import parse_many
 
@@ -51,6 +52,16 @@ def _bool(raw: str) -> bool:
 def _header_name(raw: str) -> str:
     if raw and not re.fullmatch(r"[A-Za-z0-9-]+", raw):
         raise ValueError("must be an HTTP header name such as CF-IPCountry")
+    return raw
+
+
+def _fernet_keys(raw: str) -> str:
+    for key in (part.strip() for part in raw.split(",")):
+        if key:
+            try:
+                Fernet(key)
+            except ValueError:
+                raise ValueError("must be comma-separated Fernet keys (urlsafe base64 of 32 bytes)") from None
     return raw
 
 
@@ -117,6 +128,17 @@ class Settings:
     gunicorn_timeout: int = env("30", _int(1, 3600), "Seconds before gunicorn restarts a stuck worker.")
     access_log: bool = env("1", _bool, "Write gunicorn's access log (without client addresses).")
     log_level: str = env("info", _text, "gunicorn/app log level.")
+    # Issue 11 (security hardening).
+    secrets_key: str = env(
+        "",
+        _fernet_keys,
+        "Comma-separated Fernet keys encrypting webhook secrets and WhatsApp tokens at rest; the first encrypts.",
+    )
+    webhook_concurrency: int = env("8", _int(1, 64), "Webhook/WhatsApp deliveries in flight at once.")
+    webhook_account_concurrency: int = env("2", _int(1, 64), "Deliveries one account may have in flight at once.")
+    webhook_max_endpoints: int = env("10", _int(1, 1000), "Webhook endpoints one account may register.")
+    webhook_breaker_failures: int = env("3", _int(1, 100), "Failed attempts in a row that open an endpoint's breaker.")
+    webhook_breaker_seconds: int = env("60", _int(1, 3600), "How long an endpoint's open breaker skips it.")
     require_services: bool = env(
         "0", _bool, "1: never start embedded PostgreSQL/Redis; fail when the local ones do not answer (CI)."
     )

@@ -16,7 +16,16 @@ from ..links import slugs
 from ..links import store as links
 from ..platform.db import database
 from ..platform.errors import not_found
-from ..platform.http import csv_response, decode_cursor, json_response, keyset_scan, load_or_422, page_of, wants_csv
+from ..platform.http import (
+    csv_response,
+    decode_cursor,
+    json_response,
+    keyset_scan,
+    load_or_422,
+    page_of,
+    parse_uuid,
+    wants_csv,
+)
 from . import form, store
 
 bp = Blueprint("leads", __name__)
@@ -116,7 +125,7 @@ def erase_lead(lead_id: str) -> Response:
     """Erase a lead and its undelivered events (data-subject request). 204; 401, 404."""
     lead_missing = not_found("lead", "No such lead in this account.")
     try:
-        parsed = uuid.UUID(lead_id)
+        parsed = parse_uuid(lead_id)
     except ValueError:
         raise lead_missing from None
     with database().transaction(g.account_id) as conn:

@@ -7,6 +7,8 @@ import binascii
 import csv
 import io
 import json
+import re
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
@@ -118,6 +120,16 @@ def decode_cursor(cursor: str, parse_key: Callable[[str], K]) -> tuple[datetime,
         return datetime.fromisoformat(at), parse_key(key)
     except (ValueError, binascii.Error, UnicodeDecodeError, OverflowError):
         raise invalid({"cursor": ["Not a cursor this API returned."]}) from None
+
+
+UUID_PATTERN = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
+
+
+def parse_uuid(text: str) -> uuid.UUID:
+    """A UUID in its canonical 8-4-4-4-12 form only (not urn:uuid:…, {…} or bare hex), or ValueError."""
+    if not UUID_PATTERN.match(text):
+        raise ValueError("not a canonical UUID")
+    return uuid.UUID(text)
 
 
 def bigint(text: str) -> int:
