@@ -22,7 +22,7 @@ BOT_PATTERN = re.compile(
     r"libwww|httpclient|axios/|node-fetch|preview",
     re.IGNORECASE,
 )
-COUNTRY = re.compile(r"^[A-Z]{2}$")
+COUNTRY = re.compile(r"^[A-Z]{2}\Z")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 

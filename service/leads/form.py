@@ -18,7 +18,7 @@ from ..platform.secrets import Signer
 TOKEN_MAX_AGE = 3600
 LIMITS = {"name": 100, "phone": 64, "email": 254, "note": 1000}
 EMAIL = re.compile(
-    r"^[^@\s<>\"',;]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$"
+    r"^[^@\s<>\"',;]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+\Z"
 )
 LABELS = {"name": "Your name", "phone": "Your phone number", "email": "Your email", "note": "Anything to add?"}
 INPUT_TYPES = {"name": "text", "phone": "tel", "email": "email"}

@@ -73,7 +73,7 @@ def submit(slug: str) -> Response:
 class LeadsQuery(ClicksQuery):
     """GET /api/v1/leads: the range, a page, and optionally one link's slug."""
 
-    link = fields.String(load_default=None, validate=validate.Regexp(r"^[A-Za-z0-9_-]{1,64}$", error="Not a slug."))
+    link = fields.String(load_default=None, validate=validate.Regexp(r"^[A-Za-z0-9_-]{1,64}\Z", error="Not a slug."))
 
 
 def _list(link_slug: str | None) -> Response:

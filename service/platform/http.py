@@ -72,25 +72,26 @@ def read_json_object() -> dict:
         raise ApiError(400, "malformed-json", "Malformed JSON", f"JSON nested deeper than {MAX_DEPTH} levels.")
     if not isinstance(body, dict):
         raise ApiError(400, "malformed-json", "Malformed JSON", "The body must be a JSON object.")
-    # JSON may escape lone surrogates (\ud800), which no database or client can store: name the field.
-    bad = sorted(str(key) for key, value in body.items() if _has_surrogate(key) or _has_surrogate(value))
-    if bad:
-        raise invalid({key: ["Contains an unpaired surrogate; send valid UTF-8 text."] for key in bad})
     return body
 
 
-def _has_surrogate(value: object) -> bool:
+def _unstorable(value: object) -> bool:
     if isinstance(value, str):
-        return any("\ud800" <= char <= "\udfff" for char in value)
+        return "\x00" in value or any("\ud800" <= char <= "\udfff" for char in value)
     if isinstance(value, dict):
-        return any(_has_surrogate(k) or _has_surrogate(v) for k, v in value.items())
+        return any(_unstorable(k) or _unstorable(v) for k, v in value.items())
     if isinstance(value, list):
-        return any(_has_surrogate(v) for v in value)
+        return any(_unstorable(v) for v in value)
     return False
 
 
 def load_or_422(schema: Schema, data: dict) -> dict:
     """schema.load(data), or a 422 problem naming every invalid field."""
+    # JSON may escape lone surrogates (\ud800) and NUL (\u0000), and a query string may carry them too; no
+    # PostgreSQL text (and no client) can hold them: refused for every body and query, naming the field.
+    bad = sorted(str(key) for key, value in data.items() if _unstorable(key) or _unstorable(value))
+    if bad:
+        raise invalid({key: ["Contains NUL or an unpaired surrogate; send valid UTF-8 text."] for key in bad})
     try:
         return schema.load(data)
     except ValidationError as exc:
