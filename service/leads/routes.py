@@ -38,6 +38,8 @@ def submit(slug: str) -> Response:
     slug = slugs.normalize(slug)
     if not slugs.could_exist(slug):
         return form.refused("This form is not valid.")
+    if _cross_site():
+        return form.refused("This form must be sent from its own page.")
     try:
         claims, issued = form.form_tokens().loads(
             request.form.get("token", ""), max_age=form.TOKEN_MAX_AGE, return_timestamp=True
@@ -67,6 +69,16 @@ def submit(slug: str) -> Response:
         status=303,
         headers={"Location": form.greeting_url(link, values.get("name")), "Cache-Control": "private, no-store"},
     )
+
+
+def _cross_site() -> bool:
+    """True when the browser says the POST came from another site (Sec-Fetch-Site, or an Origin that is not ours).
+    The form page's Referrer-Policy makes browsers send `Origin: null`, which says nothing either way."""
+    if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+        return True
+    origin = request.headers.get("Origin")
+    ours = {request.host_url.rstrip("/"), settings().public_base_url}
+    return origin is not None and origin != "null" and origin not in ours
 
 
 # --- the leads API -------------------------------------------------------------------------------------------------
