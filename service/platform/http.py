@@ -63,7 +63,14 @@ def read_json_object() -> dict:
         raise ApiError(
             415, "unsupported-media-type", "Unsupported media type", "Send 'Content-Type: application/json'."
         )
-    raw = request.get_data(cache=True)  # werkzeug raises 413 past MAX_CONTENT_LENGTH
+    if request.content_length is None and request.environ.get("wsgi.input_terminated"):
+        # A chunked body has no length to refuse up front, and werkzeug would silently cut it at
+        # MAX_CONTENT_LENGTH (a "malformed" JSON): read one byte past the limit to tell.
+        raw = request.environ["wsgi.input"].read(MAX_BODY_BYTES + 1)
+        if len(raw) > MAX_BODY_BYTES:
+            raise ApiError(413, "body-too-large", "Body too large", f"The body is over {MAX_BODY_BYTES} bytes.")
+    else:
+        raw = request.get_data(cache=True)  # werkzeug raises 413 past MAX_CONTENT_LENGTH
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError):
@@ -161,10 +168,24 @@ def keyset_scan(
 
 
 # --- CSV ---------------------------------------------------------------------------------------------------------
+# Spreadsheets evaluate a cell whose first meaningful character is one of these (full-width forms included:
+# some programs fold them); they skip spaces, invisible characters and quotes before it (LibreOffice with
+# "trim spaces" evaluates " =1+1").
+FORMULA_STARTS = frozenset("=+-@\uff1d\uff0b\uff0d\uff20")
+SKIPPED_BEFORE_FORMULA = frozenset("'\"\u00a0\u200b\u200c\u200d\u2060\ufeff") | frozenset(" \t\r\n\f\v")
+
+
 def formula_safe(value: object) -> str:
-    """A CSV cell spreadsheet programs will not evaluate: a leading = + - @ (or tab/CR) gets a quote first."""
+    """A CSV cell spreadsheet programs will not evaluate: when its first character that is not a space, an
+    invisible character or a quote starts a formula (or it starts with tab/CR), it gets a quote first.
+    Booleans are written true/false, as the JSON says them."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
     text = "" if value is None else str(value)
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+    if text[:1] in ("\t", "\r"):
+        return "'" + text
+    meaningful = next((char for char in text if char not in SKIPPED_BEFORE_FORMULA and not char.isspace()), "")
+    return "'" + text if meaningful in FORMULA_STARTS else text
 
 
 def wants_csv() -> bool:

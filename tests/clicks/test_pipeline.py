@@ -403,3 +403,16 @@ def test_utm_values_are_read_as_utf_8(app, client, make_link, owner_conn):
         "select utm_campaign, utm_source from clicks where click_id = %s", [response.headers["X-Click-Id"]]
     ).fetchone()
     assert tuple(row.values() if isinstance(row, dict) else row) == ("verão", "café")
+
+
+def test_a_non_ascii_referer_is_stored_as_sent(client, make_link, owner_conn, app):
+    link = make_link()
+    referer = "https://exemplo.com.br/promoção?q=olá"
+    # WSGI servers hand header bytes over decoded as latin-1; the browser sent UTF-8.
+    wsgi_value = referer.encode().decode("latin-1")
+    assert client.get(f"/{link['slug']}", environ_base={"HTTP_REFERER": wsgi_value}).status_code == 302
+    drain(app)
+    [(stored,)] = owner_conn.execute(
+        "select c.referrer from clicks c join links l on l.id = c.link_id where l.slug = %s", [link["slug"]]
+    ).fetchall()
+    assert stored == referer

@@ -205,10 +205,11 @@ def test_leads_api_lists_newest_first_with_the_clicks_attribution(lead_app, lead
 
 def test_leads_csv_is_formula_safe(lead_client, client, auth, lead_link):
     _, token = _open(lead_client, lead_link["slug"])
-    _submit(lead_client, lead_link["slug"], token, name='=HYPERLINK("http://evil")', note="@SUM(A1)")
+    _submit(lead_client, lead_link["slug"], token, name='=HYPERLINK("http://evil")', note=" =1+1")
     response = client.get("/api/v1/leads", headers={**auth, "Accept": "text/csv"})
     [row] = list(csv.DictReader(io.StringIO(response.get_data(as_text=True))))
-    assert row["name"] == '\'=HYPERLINK("http://evil")' and row["note"] == "'@SUM(A1)"
+    assert row["name"] == '\'=HYPERLINK("http://evil")' and row["note"] == "'=1+1"  # the form strips the space
+    assert row["consent"] == "true"
 
 
 def test_erasing_a_lead_removes_it_from_the_api_and_exports(lead_client, client, auth, lead_link, owner_conn):
