@@ -13,8 +13,9 @@ class PostFailed(Exception):
     """The request did not get an answer (connection refused, timeout, TLS failure…); the message says which."""
 
 
-def post(target: Target, body: bytes, headers: dict[str, str], timeout: float) -> int:
-    """POST body to target and return the status code; raises PostFailed when no answer came."""
+def post(target: Target, body: bytes, headers: dict[str, str], timeout: float, ca_certs: str | None = None) -> int:
+    """POST body to target and return the status code; raises PostFailed when no answer came. ca_certs: the
+    certificate authorities to trust (default: certifi's bundle)."""
     kwargs: dict[str, object] = {"timeout": urllib3.Timeout(connect=timeout, read=timeout), "retries": False}
     if target.scheme == "https":
         # The pool connects to the address; the certificate must still name the host the tenant registered.
@@ -24,7 +25,7 @@ def post(target: Target, body: bytes, headers: dict[str, str], timeout: float) -
             server_hostname=target.host,
             assert_hostname=target.host,
             cert_reqs="CERT_REQUIRED",
-            ca_certs=certifi.where(),
+            ca_certs=ca_certs or certifi.where(),
             **kwargs,
         )
     else:

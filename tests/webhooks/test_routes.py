@@ -8,28 +8,7 @@ import pytest
 from service.webhooks.signing import sign
 from tests.conftest import background_for
 from tests.leads.test_routes import FORM, _open, _submit
-from tests.receivers import FakeCloudApi, WebhookReceiver, verify
-
-
-def _running(server):
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def receiver():
-    yield from _running(WebhookReceiver())
-
-
-@pytest.fixture
-def cloud_api():
-    yield from _running(FakeCloudApi())
-
-
-@pytest.fixture
-def events_app(make_app, settings, cloud_api):
-    return make_app(settings, lead_min_fill_seconds=0, whatsapp_api_base=f"{cloud_api.url}/v21.0")
+from tests.receivers import FakeCloudApi, verify
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from cryptography.fernet import Fernet
 from service import cli
 from service.platform.secrets import SecretBox
 from tests.conftest import SECRETS_KEY, background_for
-from tests.receivers import FakeCloudApi, WebhookReceiver
+from tests.receivers import FakeCloudApi
 from tests.webhooks.test_routes import _configure_whatsapp, _lead, _outbox, _register
 
 PUBLIC = "1.1.1.1"  # globally routable: passes the check; the connect guard below keeps any packet from leaving
@@ -43,14 +43,6 @@ def resolver(monkeypatch):
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     monkeypatch.setattr(socket.socket, "connect", connect)
     return state
-
-
-@pytest.fixture
-def receiver():
-    server = WebhookReceiver()
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -222,19 +214,6 @@ def test_an_endpoint_that_keeps_failing_is_skipped_while_its_breaker_is_open(
 
 
 # --- every attempt ends in a recorded result ----------------------------------------------------------------------
-@pytest.fixture
-def cloud_api():
-    server = FakeCloudApi()
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def events_app(make_app, settings, cloud_api):
-    return make_app(settings, lead_min_fill_seconds=0, whatsapp_api_base=f"{cloud_api.url}/v21.0")
-
-
 @pytest.mark.parametrize("token", ["EAAG-test-€-token-123", "EAAG-test token-123", "EAAG-test-\x00-token"])
 def test_whatsapp_tokens_must_be_printable_ascii(client, auth, token):
     response = _configure_whatsapp(client, auth, token=token)
@@ -307,3 +286,16 @@ def test_rotate_secrets_re_encrypts_with_the_new_key_and_encrypts_plain_rows(
         "select access_token from whatsapp_settings s join webhooks w using (account_id) where w.id = %s", [hook["id"]]
     ).fetchone()
     assert only_new.open(token) == "EAAG-rotated-token-42"
+
+
+def test_times_of_whatsapp_settings_and_deliveries_are_iso_8601(
+    events_app, client, auth, make_link, receiver, forget
+):
+    assert "T" in _configure_whatsapp(client, auth).get_json()["updated_at"]
+    assert "T" in client.get("/api/v1/whatsapp", headers=auth).get_json()["updated_at"]
+    hook = forget(client, auth, receiver.url)
+    make_link()
+    _deliver(events_app)
+    [delivery] = client.get(f"/api/v1/webhooks/{hook['id']}/deliveries", headers=auth).get_json()["items"]
+    times = [delivery["created_at"], delivery["delivered_at"], *(attempt["at"] for attempt in delivery["log"])]
+    assert len(times) == 3 and all("T" in t and " " not in t for t in times), times
