@@ -69,9 +69,10 @@ def _text(raw: str) -> str:
     return raw
 
 
-def env(default: str, parse: Callable[[str], object] = _text, doc: str = ""):
-    """Declare a setting: its default (as the environment would spell it), parser and README line."""
-    return field(default=None, metadata={"default": default, "parse": parse, "doc": doc})
+def env(default: str, parse: Callable[[str], object] = _text, doc: str = "", secret: bool = False):
+    """Declare a setting: its default (as the environment would spell it), parser and README line; a secret one is
+    left out of the settings' repr (tracebacks and test reports print it)."""
+    return field(default=None, repr=not secret, metadata={"default": default, "parse": parse, "doc": doc})
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,7 @@ class Settings:
         "",
         _fernet_keys,
         "Comma-separated Fernet keys encrypting webhook secrets and WhatsApp tokens at rest; the first encrypts.",
+        secret=True,
     )
     webhook_concurrency: int = env("8", _int(1, 64), "Webhook/WhatsApp deliveries in flight at once.")
     webhook_account_concurrency: int = env("2", _int(1, 64), "Deliveries one account may have in flight at once.")

@@ -288,9 +288,7 @@ def test_rotate_secrets_re_encrypts_with_the_new_key_and_encrypts_plain_rows(
     assert only_new.open(token) == "EAAG-rotated-token-42"
 
 
-def test_times_of_whatsapp_settings_and_deliveries_are_iso_8601(
-    events_app, client, auth, make_link, receiver, forget
-):
+def test_times_of_whatsapp_settings_and_deliveries_are_iso_8601(events_app, client, auth, make_link, receiver, forget):
     assert "T" in _configure_whatsapp(client, auth).get_json()["updated_at"]
     assert "T" in client.get("/api/v1/whatsapp", headers=auth).get_json()["updated_at"]
     hook = forget(client, auth, receiver.url)
