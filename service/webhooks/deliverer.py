@@ -112,11 +112,14 @@ class Deliverer(Loop):
             with self._lock:
                 self._in_flight[row["account_id"]] += 1
             future = self.senders.submit(self._attempt, row)
-            future.add_done_callback(lambda _, account=row["account_id"]: self._release(account))
+            future.add_done_callback(lambda done, account=row["account_id"]: self._release(account, done))
             futures.append(future)
         return futures
 
-    def _release(self, account: int) -> None:
+    def _release(self, account: int, done: Future) -> None:
+        if not done.cancelled() and done.exception() is not None:
+            # The result could not be recorded (PostgreSQL away): the row is attempted again when its lease ends.
+            log.warning("recording a delivery attempt failed: %s", type(done.exception()).__name__)
         with self._lock:
             self._in_flight[account] -= 1
             if self._in_flight[account] <= 0:
