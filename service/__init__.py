@@ -22,7 +22,7 @@ from .platform.breaker import Breaker
 from .platform.db import Database, app_conninfo
 from .platform.http import MAX_BODY_BYTES
 from .platform.redis import RedisClient
-from .platform.secrets import Signer, VisitorKeys
+from .platform.secrets import SecretBox, Signer, VisitorKeys
 from .redirect import routes as redirect
 from .redirect.fastpath import FastRedirects
 from .redirect.limits import RedirectLimits
@@ -80,6 +80,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             "chatlink.click_capture": capture,
             "chatlink.click_sink": sink,
             "chatlink.redirector": redirector,
+            "chatlink.secret_box": SecretBox(settings.secrets_key),
         }
     )
 

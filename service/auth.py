@@ -17,7 +17,7 @@ from .platform.errors import ApiError
 
 # clk_<public id>_<secret>: the fixed prefix lets secret scanners recognise leaked keys; look-up is by the
 # public id so the secret itself is never searched for, only compared in constant time.
-KEY_PATTERN = re.compile(r"^clk_([a-z0-9]{8})_([A-Za-z0-9]{43})$")
+KEY_PATTERN = re.compile(r"clk_([a-z0-9]{8})_([A-Za-z0-9]{43})\Z")
 _PUBLIC_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 _SECRET_ALPHABET = _PUBLIC_ALPHABET + "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -27,12 +27,19 @@ def hash_key(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
-def public_id_of(header_value: str | None) -> str | None:
-    """The public id of a well-formed bearer key in an Authorization header, else None."""
+def presented_key(header_value: str | None) -> str | None:
+    """The well-formed bearer key in an Authorization header exactly as authentication reads it, else None: the one
+    spelling every rate limit and check uses, so that extra spaces cannot make it look like another key."""
     if not header_value or not header_value.startswith("Bearer "):
         return None
     match = KEY_PATTERN.match(header_value[7:].strip())
-    return match[1] if match else None
+    return match[0] if match else None
+
+
+def public_id_of(header_value: str | None) -> str | None:
+    """The public id of a well-formed bearer key in an Authorization header, else None."""
+    key = presented_key(header_value)
+    return KEY_PATTERN.match(key)[1] if key else None
 
 
 def issue_key(conn: psycopg.Connection, account_name: str) -> str:
@@ -51,7 +58,8 @@ def revoke_key(conn: psycopg.Connection, public_id: str) -> bool:
 
 
 def _unauthorized(detail: str) -> ApiError:
-    return ApiError(401, "unauthorized", "Unauthorized", detail)
+    # RFC 9110: a 401 names the scheme the client should use.
+    return ApiError(401, "unauthorized", "Unauthorized", detail, headers={"WWW-Authenticate": 'Bearer realm="api"'})
 
 
 def authenticate() -> int:
@@ -59,11 +67,11 @@ def authenticate() -> int:
     header = request.headers.get("Authorization")
     if not header:
         raise _unauthorized("Send 'Authorization: Bearer <api key>'.")
-    public_id = public_id_of(header)
-    if public_id is None:
+    key = presented_key(header)
+    if key is None:
         raise _unauthorized("The API key is malformed.")
-    row = database().unscoped_one("find_api_key", {"public_id": public_id})
-    presented = hash_key(header[7:].strip())
+    row = database().unscoped_one("find_api_key", {"public_id": public_id_of(header)})
+    presented = hash_key(key)
     if row is None or not hmac.compare_digest(bytes(row["secret_hash"]), presented):
         raise _unauthorized("The API key is not valid.")
     if row["revoked"]:

@@ -18,6 +18,7 @@ from .config import Settings, load_settings
 from .platform import identity
 from .platform.db import Database, app_conninfo
 from .platform.redis import RedisClient
+from .platform.secrets import SecretBox
 from .webhooks.deliverer import Deliverer
 
 log = logging.getLogger(__name__)
@@ -54,11 +55,16 @@ class BackgroundWork:
         )
         deliverer = Deliverer(
             db,
+            SecretBox(settings.secrets_key),
             whatsapp_base=settings.whatsapp_api_base,
             timeout=settings.webhook_timeout_seconds,
             max_attempts=settings.webhook_max_attempts,
             retry_base_seconds=settings.webhook_retry_base_seconds,
             allow_private=settings.webhook_allow_private,
+            concurrency=settings.webhook_concurrency,
+            per_account=settings.webhook_account_concurrency,
+            breaker_failures=settings.webhook_breaker_failures,
+            breaker_seconds=settings.webhook_breaker_seconds,
         )
         return cls(drainer, deliverer, db, redis)
 

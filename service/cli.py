@@ -1,4 +1,5 @@
-"""Command-line tasks: migrate, rollback, api-key, revoke-key (run by the Makefile through `python -m service.cli`)."""
+"""Command-line tasks: migrate, rollback, api-key, revoke-key, rotate-secrets (run by the Makefile through
+`python -m service.cli`)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,13 @@ import argparse
 import sys
 
 import psycopg
+import psycopg.rows
 
 from . import auth
 from .config import ConfigError, Settings, load_settings
 from .platform import localservices, migrations
+from .platform.db import query
+from .platform.secrets import SecretBox, SecretsKeyMissing
 
 
 def owner_url(settings: Settings) -> str:
@@ -19,6 +23,21 @@ def owner_url(settings: Settings) -> str:
     server, _ = localservices.server_url(localservices.DATA_DIR, settings.require_services)
     localservices.create_database(server, "chatlink")
     return localservices.with_database(server, "chatlink")
+
+
+def rotate_secrets(url: str, box: SecretBox) -> int:
+    """Re-encrypt every stored webhook secret and WhatsApp token with the first key of SECRETS_KEY (rows still in
+    plain text are encrypted); one transaction, so a failure leaves every row as it was. Returns the row count."""
+    with psycopg.connect(url) as conn, conn.transaction():
+        conn.row_factory = psycopg.rows.dict_row
+        webhooks = query(conn, "stored_webhook_secrets").fetchall()
+        for row in webhooks:
+            query(conn, "reseal_webhook_secret", {"id": row["id"], "secret": box.reseal(row["secret"])})
+        tokens = query(conn, "stored_whatsapp_tokens").fetchall()
+        for row in tokens:
+            sealed = box.reseal(row["access_token"])
+            query(conn, "reseal_whatsapp_token", {"account_id": row["account_id"], "access_token": sealed})
+    return len(webhooks) + len(tokens)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,9 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     key.add_argument("account")
     revoke = commands.add_parser("revoke-key", help="revoke an API key by its public id or full key")
     revoke.add_argument("key_prefix")
+    commands.add_parser("rotate-secrets", help="re-encrypt stored secrets with the first key of SECRETS_KEY")
     args = parser.parse_args(argv)
     try:
-        url = owner_url(load_settings())
+        settings = load_settings()
+        url = owner_url(settings)
         if args.command == "migrate":
             applied = migrations.migrate(url)
             print("applied: " + ", ".join(applied) if applied else "nothing to apply")
@@ -53,7 +74,16 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"no live key with public id '{public_id}'", file=sys.stderr)
                     return 1
             print(f"revoked key {public_id}")
-    except (ConfigError, migrations.MigrationError, localservices.ServiceUnavailable, psycopg.Error) as exc:
+        elif args.command == "rotate-secrets":
+            count = rotate_secrets(url, SecretBox(settings.secrets_key))
+            print(f"re-encrypted {count} stored secrets with the first key of SECRETS_KEY")
+    except (
+        ConfigError,
+        migrations.MigrationError,
+        localservices.ServiceUnavailable,
+        psycopg.Error,
+        SecretsKeyMissing,
+    ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -8,6 +8,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 
+from cryptography.fernet import Fernet
 from flask import current_app
 from limits import parse_many
 
@@ -63,13 +64,24 @@ def _host(raw: str) -> str:
     return raw
 
 
+def _fernet_keys(raw: str) -> str:
+    for key in (part.strip() for part in raw.split(",")):
+        if key:
+            try:
+                Fernet(key)
+            except ValueError:
+                raise ValueError("must be comma-separated Fernet keys (urlsafe base64 of 32 bytes)") from None
+    return raw
+
+
 def _text(raw: str) -> str:
     return raw
 
 
-def env(default: str, parse: Callable[[str], object] = _text, doc: str = ""):
-    """Declare a setting: its default (as the environment would spell it), parser and README line."""
-    return field(default=None, metadata={"default": default, "parse": parse, "doc": doc})
+def env(default: str, parse: Callable[[str], object] = _text, doc: str = "", secret: bool = False):
+    """Declare a setting: its default (as the environment would spell it), parser and README line; a secret one is
+    left out of the settings' repr (tracebacks and test reports print it)."""
+    return field(default=None, repr=not secret, metadata={"default": default, "parse": parse, "doc": doc})
 
 
 @dataclass(frozen=True)
@@ -133,6 +145,18 @@ class Settings:
     db_breaker_seconds: int = env("5", _int(1, 300), "Longest wait between probes while PostgreSQL stays down.")
     last_resort_links: int = env("1000", _int(0, 1000000), "Links a worker keeps for Redis and PostgreSQL both down.")
     last_resort_ttl_seconds: int = env("60", _int(1, 3600), "How long a remembered link may be served with both down.")
+    # Issue 11 (security hardening).
+    secrets_key: str = env(
+        "",
+        _fernet_keys,
+        "Comma-separated Fernet keys encrypting webhook secrets and WhatsApp tokens at rest; the first encrypts.",
+        secret=True,
+    )
+    webhook_concurrency: int = env("8", _int(1, 64), "Webhook/WhatsApp deliveries in flight at once.")
+    webhook_account_concurrency: int = env("2", _int(1, 64), "Deliveries one account may have in flight at once.")
+    webhook_max_endpoints: int = env("10", _int(1, 1000), "Webhook endpoints one account may register.")
+    webhook_breaker_failures: int = env("3", _int(1, 100), "Failed attempts in a row that open an endpoint's breaker.")
+    webhook_breaker_seconds: int = env("60", _int(1, 3600), "How long an endpoint's open breaker skips it.")
     require_services: bool = env(
         "0", _bool, "1: never start embedded PostgreSQL/Redis; fail when the local ones do not answer (CI)."
     )

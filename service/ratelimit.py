@@ -8,7 +8,7 @@ from flask_limiter import Limiter
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .auth import public_id_of
+from .auth import presented_key
 from .config import Settings
 from .platform.redis import RedisClient
 from .platform.secrets import keyed_hash, visitor_keys
@@ -25,10 +25,11 @@ def client_ip() -> str:
 
 
 def api_key_or_ip() -> str:
-    """A well-formed key counts against a hash of the whole key — so a forged key with someone's public id
-    cannot use up their limit — and anything else against the address."""
-    header = request.headers.get("Authorization")
-    return "key:" + _keyed(header) if public_id_of(header) else client_ip()
+    """A well-formed key counts against a hash of the whole key as authentication reads it (not of the raw
+    header, whose spaces would give each spelling a fresh bucket; not of the public id alone, so a forged key
+    with someone's public id cannot use up their limit), and anything else against the address."""
+    key = presented_key(request.headers.get("Authorization"))
+    return "key:" + _keyed(key) if key else client_ip()
 
 
 def storage_uri(redis_url: str) -> str:
@@ -50,10 +51,11 @@ def init_app(app: Flask, settings: Settings, redis: RedisClient) -> None:
             "socket_connect_timeout": timeout,
             "retry": Retry(NoBackoff(), 0),
             "health_check_interval": 0,
+            # The storage's own prefix leads every key (flask-limiter's key_prefix only follows "LIMITER/").
+            "key_prefix": redis.key("limits"),
         },
         in_memory_fallback_enabled=True,
         in_memory_fallback=[settings.rate_limit_fallback],
-        key_prefix=redis.key("limits"),
         headers_enabled=True,
         swallow_errors=True,
     )

@@ -14,6 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 import redis
+from cryptography.fernet import Fernet
 
 from service import close_app, create_app
 from service.auth import issue_key
@@ -24,6 +25,8 @@ from tests.support import drop_database, free_port, wait_until_serving
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_ID = uuid.uuid4().hex[:10]
+# One Fernet key per run: the apps, the background work and the live servers must all read what the others wrote.
+SECRETS_KEY = Fernet.generate_key().decode()
 
 
 @pytest.fixture(scope="session")
@@ -75,6 +78,9 @@ def settings(database_url: str, redis_url: str, key_prefix: str, tmp_path):
         webhook_allow_private=True,  # the test receivers listen on 127.0.0.1
         webhook_retry_base_seconds=0,
         spool_dir=str(tmp_path / "spool"),
+        secrets_key=SECRETS_KEY,
+        # Tests step through retries one at a time; the breaker's own test sets a low threshold.
+        webhook_breaker_failures=100,
     )
 
 
@@ -273,6 +279,7 @@ def live_server(database_url, redis_url, key_prefix, tmp_path):
             "KEY_PREFIX": key_prefix,
             "WEB_CONCURRENCY": "2",
             "WORKER_THREADS": "2",
+            "SECRETS_KEY": SECRETS_KEY,
         }
         server = LiveServer({**base, **env}, tmp_path / f"gunicorn-{len(servers)}.log")
         servers.append(server)

@@ -91,8 +91,12 @@ class FakeCloudApi(_Server):
     def __init__(self) -> None:
         super().__init__((29000, 30000))
         self.errors: list[tuple[int, int, str]] = []  # queued (http status, error code, message)
+        self.raw: list[tuple[int, object]] = []  # queued (http status, body) answered as is, whatever was asked
 
     def answer(self, path, headers, body):
+        if self.raw:
+            return self.raw.pop(0)
+
         def error(status, code, message, kind="OAuthException"):
             return status, {
                 "error": {"message": message, "type": kind, "code": code, "error_subcode": 0, "fbtrace_id": "AbCdEf123"}

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+from cryptography.fernet import Fernet
 
 from service.config import ConfigError, documented_settings, load_settings
 
@@ -39,3 +40,10 @@ def test_every_setting_is_documented_in_the_readme():
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     for name, _default, _ in documented_settings():
         assert f"`{name}`" in readme, name
+
+
+def test_secrets_key_is_validated_and_never_shown_in_the_settings_repr():
+    key = Fernet.generate_key().decode()
+    assert key not in repr(load_settings({"SECRETS_KEY": key}))
+    with pytest.raises(ConfigError, match="SECRETS_KEY"):
+        load_settings({"SECRETS_KEY": "not-a-key"})

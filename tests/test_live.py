@@ -4,7 +4,9 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
+import psycopg
 import pytest
 import requests
 
@@ -75,3 +77,41 @@ def test_an_invalid_setting_stops_start_up_naming_the_variable(database_url, red
     )
     assert result.returncode != 0
     assert "TRUSTED_PROXIES" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_chunked_body_over_16_kib_answers_413_through_gunicorn(live_server, api_key):
+    server = live_server()
+
+    def chunks():
+        yield b'{"phone": "+14155552671", "message": "'
+        for _ in range(20):
+            yield b"x" * 1000
+        yield b'"}'
+
+    response = requests.post(
+        f"{server.url}/api/v1/links",
+        headers={"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"},
+        data=chunks(),
+        timeout=10,
+    )
+    assert response.status_code == 413 and response.headers["Content-Type"] == "application/problem+json"
+
+
+def test_a_non_ascii_referer_is_stored_as_sent_through_gunicorn(live_server, api_key, database_url):
+    server = live_server(DRAIN_CLICKS="1")
+    link = _create(server, api_key)
+    referer = "https://exemplo.com.br/promoção"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw:
+        raw.sendall(f"GET /{link['slug']} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n".encode())
+        raw.sendall(b"Referer: " + referer.encode() + b"\r\n\r\n")
+        assert b" 302 " in raw.recv(1000)
+    deadline = time.monotonic() + 20
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "select c.referrer from clicks c join links l on l.id = c.link_id where l.slug = %s", [link["slug"]]
+            ).fetchone()
+            if row:
+                break
+            time.sleep(0.2)
+    assert row and row[0] == referer

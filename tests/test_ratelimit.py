@@ -2,6 +2,8 @@
 
 import gc
 
+import redis
+
 
 def test_link_creation_is_limited_per_key_with_retry_after(make_app, settings, auth, new_api_key):
     client = make_app(settings, rate_limit_create="2/minute").test_client()
@@ -110,3 +112,29 @@ def test_an_app_with_rate_limits_off_keeps_its_limiter_alive(make_app, settings,
     gc.collect()
     response = client.post("/api/v1/links", json={"phone": "+14155552671"}, headers=auth)
     assert response.status_code == 201
+
+
+def test_spaces_in_the_authorization_header_do_not_give_a_fresh_bucket(make_app, settings, api_key):
+    client = make_app(settings, rate_limit_api="3/minute").test_client()
+    statuses = [
+        client.get("/api/v1/links", headers={"Authorization": f"Bearer{' ' * n} {api_key}  "}).status_code
+        for n in range(1, 6)
+    ]
+    assert statuses == [200, 200, 200, 429, 429]
+
+
+def test_every_rate_limit_counter_lives_under_key_prefix(make_app, settings, auth, redis_url, key_prefix):
+    client = make_app(settings).test_client()
+    assert client.get("/api/v1/links", headers=auth).status_code == 200
+    server = redis.Redis.from_url(redis_url)
+    try:
+        limiter_keys = [k.decode() for k in server.scan_iter(match="*LIMITER*", count=1000)]
+    finally:
+        server.close()
+    mine = [k for k in limiter_keys if key_prefix in k]
+    assert mine and all(k.startswith(key_prefix) for k in mine), mine
+
+
+def test_a_401_names_the_bearer_scheme(client):
+    response = client.get("/api/v1/links")
+    assert response.status_code == 401 and response.headers["WWW-Authenticate"].startswith("Bearer")

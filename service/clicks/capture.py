@@ -22,7 +22,7 @@ BOT_PATTERN = re.compile(
     r"libwww|httpclient|axios/|node-fetch|preview",
     re.IGNORECASE,
 )
-COUNTRY = re.compile(r"^[A-Z]{2}$")
+COUNTRY = re.compile(r"^[A-Z]{2}\Z")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -60,6 +60,11 @@ class Geo:
         return code if code and COUNTRY.match(code) else None
 
 
+def wsgi_text(value: str) -> str:
+    """A header or query string as sent: WSGI hands the raw bytes over decoded as latin-1; browsers send UTF-8."""
+    return value.encode("latin-1", "replace").decode("utf-8", "replace")
+
+
 class ClickCapture:
     """Build a click from a request's WSGI environ: everything the stats need, and no raw IP."""
 
@@ -79,7 +84,7 @@ class ClickCapture:
         """The click's fields (JSON-ready, short keys for the stream); link and account are added by whoever
         resolves it. It reads the WSGI environ, not a Flask request, because the fast path answers without one."""
         address = environ.get("REMOTE_ADDR") or ""
-        user_agent = environ.get("HTTP_USER_AGENT", "")[:512]
+        user_agent = wsgi_text(environ.get("HTTP_USER_AGENT", ""))[:512]
         country = None
         if self.country_environ_key:
             header = environ.get(self.country_environ_key, "").upper()
@@ -89,7 +94,7 @@ class ClickCapture:
         click = {
             "id": str(uuid6.uuid7()),
             "ts": time.time(),
-            "ref": clean(environ.get("HTTP_REFERER"), 1024),
+            "ref": clean(wsgi_text(environ.get("HTTP_REFERER", "")), 1024),
             "ua": user_agent,
             "bot": is_bot(user_agent),
             "cc": country,
@@ -97,8 +102,7 @@ class ClickCapture:
         }
         query = environ.get("QUERY_STRING", "")
         if "utm" in query:  # utm_ or utm%5F
-            # WSGI hands the raw bytes over as latin-1; they are UTF-8, as werkzeug reads them.
-            for field, value in parse_qsl(query.encode("latin-1", "replace").decode("utf-8", "replace")):
+            for field, value in parse_qsl(wsgi_text(query)):
                 value = clean(value, 200)
                 if field in UTM_FIELDS and value and field not in click:
                     click[field] = value

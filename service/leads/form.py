@@ -18,21 +18,22 @@ from ..platform.secrets import Signer
 TOKEN_MAX_AGE = 3600
 LIMITS = {"name": 100, "phone": 64, "email": 254, "note": 1000}
 EMAIL = re.compile(
-    r"^[^@\s<>\"',;]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$"
+    r"^[^@\s<>\"',;]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+\Z"
 )
 LABELS = {"name": "Your name", "phone": "Your phone number", "email": "Your email", "note": "Anything to add?"}
 INPUT_TYPES = {"name": "text", "phone": "tel", "email": "email"}
 AUTOCOMPLETE = {"name": "name", "phone": "tel", "email": "email", "note": "off"}
-# Our own static stylesheet, inlined (no external assets) and allowed by its hash; never user data.
+# Our own static stylesheet, inlined (no external assets) and allowed by its hash (see page()); never user data.
 STYLE = Markup((Path(__file__).parents[1] / "templates" / "lead_form.css").read_text())  # noqa: S704 (our file)
-STYLE_HASH = base64.b64encode(hashlib.sha256(str(STYLE).encode()).digest()).decode()
-# No script at all; the one inline style block is allowed by its hash. form-action must allow the 303 to wa.me.
+# No script at all; the page's own inline style blocks are allowed by their hashes. form-action must allow the 303
+# to wa.me.
 CSP = (
-    f"default-src 'none'; style-src 'sha256-{STYLE_HASH}'; img-src 'none'; form-action 'self' https://wa.me; "
+    "default-src 'none'; style-src {styles}; img-src 'none'; form-action 'self' https://wa.me; "
     "frame-ancestors 'none'; base-uri 'none'"
 )
+STYLE_BLOCK = re.compile(r"<style>(.*?)</style>", re.DOTALL)
+PHONE_ERROR = "Enter your phone number with its country code, e.g. +55 11 98765-4321."
 PAGE_HEADERS = {
-    "Content-Security-Policy": CSP,
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "private, no-store",
@@ -67,16 +68,22 @@ def render_form(
         limits=LIMITS,
         style=STYLE,
     )
-    return current_app.response_class(html, status=status, mimetype="text/html", headers=PAGE_HEADERS)
+    return page(html, status)
+
+
+def page(html: str, status: int) -> Response:
+    """An HTML page of ours with its headers: a CSP allowing exactly its own inline style blocks (by hash; user
+    text is escaped by Jinja, so it cannot add one)."""
+    hashes = {base64.b64encode(hashlib.sha256(block.encode()).digest()).decode() for block in STYLE_BLOCK.findall(html)}
+    csp = CSP.format(styles=" ".join(f"'sha256-{h}'" for h in sorted(hashes)) or "'none'")
+    headers = {"Content-Security-Policy": csp, **PAGE_HEADERS}
+    return current_app.response_class(html, status=status, mimetype="text/html", headers=headers)
 
 
 def refused(detail: str) -> Response:
-    """The 403 page for a forged, expired, replayed or bot submission."""
-    return current_app.response_class(
-        render_template("gone.html", detail=detail).replace("Link no longer available", "Submission refused"),
-        status=403,
-        mimetype="text/html",
-        headers=PAGE_HEADERS,
+    """The 403 page for a forged, expired, replayed, cross-site or bot submission."""
+    return page(
+        render_template("gone.html", detail=detail).replace("Link no longer available", "Submission refused"), 403
     )
 
 
@@ -98,8 +105,8 @@ def validate(form: dict, submitted: dict) -> tuple[dict, dict]:
         elif name == "phone":
             try:
                 values[name] = target.normalize_phone(raw)
-            except target.InvalidPhone as exc:
-                errors[name] = str(exc)
+            except target.InvalidPhone:
+                errors[name] = PHONE_ERROR  # the API's wording ("give default_region") means nothing to a visitor
         elif name == "email" and not EMAIL.match(raw):
             errors[name] = "Enter an email address like name@example.com."
     if form.get("consent") and submitted.get("consent") != "yes":

@@ -16,7 +16,16 @@ from ..links import slugs
 from ..links import store as links
 from ..platform.db import database
 from ..platform.errors import not_found
-from ..platform.http import csv_response, decode_cursor, json_response, keyset_scan, load_or_422, page_of, wants_csv
+from ..platform.http import (
+    csv_response,
+    decode_cursor,
+    json_response,
+    keyset_scan,
+    load_or_422,
+    page_of,
+    parse_uuid,
+    wants_csv,
+)
 from . import form, store
 
 bp = Blueprint("leads", __name__)
@@ -29,6 +38,8 @@ def submit(slug: str) -> Response:
     slug = slugs.normalize(slug)
     if not slugs.could_exist(slug):
         return form.refused("This form is not valid.")
+    if _cross_site():
+        return form.refused("This form must be sent from its own page.")
     try:
         claims, issued = form.form_tokens().loads(
             request.form.get("token", ""), max_age=form.TOKEN_MAX_AGE, return_timestamp=True
@@ -60,11 +71,21 @@ def submit(slug: str) -> Response:
     )
 
 
+def _cross_site() -> bool:
+    """True when the browser says the POST came from another site (Sec-Fetch-Site, or an Origin that is not ours).
+    The form page's Referrer-Policy makes browsers send `Origin: null`, which says nothing either way."""
+    if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+        return True
+    origin = request.headers.get("Origin")
+    ours = {request.host_url.rstrip("/"), settings().public_base_url}
+    return origin is not None and origin != "null" and origin not in ours
+
+
 # --- the leads API -------------------------------------------------------------------------------------------------
 class LeadsQuery(ClicksQuery):
     """GET /api/v1/leads: the range, a page, and optionally one link's slug."""
 
-    link = fields.String(load_default=None, validate=validate.Regexp(r"^[A-Za-z0-9_-]{1,64}$", error="Not a slug."))
+    link = fields.String(load_default=None, validate=validate.Regexp(r"^[A-Za-z0-9_-]{1,64}\Z", error="Not a slug."))
 
 
 def _list(link_slug: str | None) -> Response:
@@ -116,7 +137,7 @@ def erase_lead(lead_id: str) -> Response:
     """Erase a lead and its undelivered events (data-subject request). 204; 401, 404."""
     lead_missing = not_found("lead", "No such lead in this account.")
     try:
-        parsed = uuid.UUID(lead_id)
+        parsed = parse_uuid(lead_id)
     except ValueError:
         raise lead_missing from None
     with database().transaction(g.account_id) as conn:

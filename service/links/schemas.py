@@ -10,10 +10,10 @@ from ..platform.http import StrictBoolean
 from . import slugs, target
 from .model import LEAD_FORM_FIELDS
 
-TAG_PATTERN = r"^[^\x00-\x1f\x7f]{1,50}$"
+TAG_PATTERN = r"^[^\x00-\x1f\x7f]{1,50}\Z"
 
 
-NO_CONTROLS = validate.Regexp(r"^[^\x00-\x1f\x7f]*$", error="Control characters are not allowed.")
+NO_CONTROLS = validate.Regexp(r"^[^\x00-\x1f\x7f]*\Z", error="Control characters are not allowed.")
 
 
 class LeadForm(Schema):

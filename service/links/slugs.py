@@ -10,7 +10,9 @@ from werkzeug.routing import BaseConverter
 # Lowercase letters and digits without the look-alikes 0/o and 1/l/i: 31 symbols, 8 of them ≈ 39.6 bits.
 ALPHABET = "23456789abcdefghjkmnpqrstuvwxyz"
 GENERATED_LENGTH = 8
-SLUG_PATTERN = re.compile(r"^[a-z0-9_-]{3,64}$")
+SLUG_PATTERN = re.compile(r"[a-z0-9_-]{3,64}\Z")
+# Checked before lower-casing: str.lower() folds some non-ASCII letters into ASCII ones (the Kelvin sign into k).
+CUSTOM_PATTERN = re.compile(r"[A-Za-z0-9_-]{3,64}\Z")
 RESERVED = frozenset(
     {
         "api",
@@ -54,9 +56,9 @@ def normalize(slug: str) -> str:
 
 def problem_with(slug: str) -> str | None:
     """Why slug cannot be a custom slug, or None when it can."""
-    slug = normalize(slug)
-    if not SLUG_PATTERN.match(slug):
+    if not CUSTOM_PATTERN.match(slug):
         return "Use 3 to 64 characters from a-z, 0-9, '-' and '_'."
+    slug = normalize(slug)
     if slug in RESERVED:
         return f"'{slug}' is reserved."
     return None

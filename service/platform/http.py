@@ -7,6 +7,8 @@ import binascii
 import csv
 import io
 import json
+import re
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -62,7 +64,14 @@ def read_json_object() -> dict:
         raise ApiError(
             415, "unsupported-media-type", "Unsupported media type", "Send 'Content-Type: application/json'."
         )
-    raw = request.get_data(cache=True)  # werkzeug raises 413 past MAX_CONTENT_LENGTH
+    if request.content_length is None and request.environ.get("wsgi.input_terminated"):
+        # A chunked body has no length to refuse up front, and werkzeug would silently cut it at
+        # MAX_CONTENT_LENGTH (a "malformed" JSON): read one byte past the limit to tell.
+        raw = request.environ["wsgi.input"].read(MAX_BODY_BYTES + 1)
+        if len(raw) > MAX_BODY_BYTES:
+            raise ApiError(413, "body-too-large", "Body too large", f"The body is over {MAX_BODY_BYTES} bytes.")
+    else:
+        raw = request.get_data(cache=True)  # werkzeug raises 413 past MAX_CONTENT_LENGTH
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError):
@@ -71,25 +80,26 @@ def read_json_object() -> dict:
         raise ApiError(400, "malformed-json", "Malformed JSON", f"JSON nested deeper than {MAX_DEPTH} levels.")
     if not isinstance(body, dict):
         raise ApiError(400, "malformed-json", "Malformed JSON", "The body must be a JSON object.")
-    # JSON may escape lone surrogates (\ud800), which no database or client can store: name the field.
-    bad = sorted(str(key) for key, value in body.items() if _has_surrogate(key) or _has_surrogate(value))
-    if bad:
-        raise invalid({key: ["Contains an unpaired surrogate; send valid UTF-8 text."] for key in bad})
     return body
 
 
-def _has_surrogate(value: object) -> bool:
+def _unstorable(value: object) -> bool:
     if isinstance(value, str):
-        return any("\ud800" <= char <= "\udfff" for char in value)
+        return "\x00" in value or any("\ud800" <= char <= "\udfff" for char in value)
     if isinstance(value, dict):
-        return any(_has_surrogate(k) or _has_surrogate(v) for k, v in value.items())
+        return any(_unstorable(k) or _unstorable(v) for k, v in value.items())
     if isinstance(value, list):
-        return any(_has_surrogate(v) for v in value)
+        return any(_unstorable(v) for v in value)
     return False
 
 
 def load_or_422(schema: Schema, data: dict) -> dict:
     """schema.load(data), or a 422 problem naming every invalid field."""
+    # JSON may escape lone surrogates (\ud800) and NUL (\u0000), and a query string may carry them too; no
+    # PostgreSQL text (and no client) can hold them: refused for every body and query, naming the field.
+    bad = sorted(str(key) for key, value in data.items() if _unstorable(key) or _unstorable(value))
+    if bad:
+        raise invalid({key: ["Contains NUL or an unpaired surrogate; send valid UTF-8 text."] for key in bad})
     try:
         return schema.load(data)
     except ValidationError as exc:
@@ -119,6 +129,16 @@ def decode_cursor(cursor: str, parse_key: Callable[[str], K]) -> tuple[datetime,
         return datetime.fromisoformat(at), parse_key(key)
     except (ValueError, binascii.Error, UnicodeDecodeError, OverflowError):
         raise invalid({"cursor": ["Not a cursor this API returned."]}) from None
+
+
+UUID_PATTERN = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
+
+
+def parse_uuid(text: str) -> uuid.UUID:
+    """A UUID in its canonical 8-4-4-4-12 form only (not urn:uuid:…, {…} or bare hex), or ValueError."""
+    if not UUID_PATTERN.match(text):
+        raise ValueError("not a canonical UUID")
+    return uuid.UUID(text)
 
 
 def bigint(text: str) -> int:
@@ -154,10 +174,27 @@ def keyset_scan(
 
 
 # --- CSV ---------------------------------------------------------------------------------------------------------
+# Spreadsheets evaluate a cell whose first meaningful character is one of these (full-width forms included:
+# some programs fold them); they skip spaces, invisible characters and quotes before it (LibreOffice with
+# "trim spaces" evaluates " =1+1").
+FORMULA_STARTS = frozenset("=+-@\uff1d\uff0b\uff0d\uff20")
+SKIPPED_BEFORE_FORMULA = frozenset("'\"\u00a0\u200b\u200c\u200d\u2060\ufeff") | frozenset(" \t\r\n\f\v")
+
+
 def formula_safe(value: object) -> str:
-    """A CSV cell spreadsheet programs will not evaluate: a leading = + - @ (or tab/CR) gets a quote first."""
+    """A CSV cell spreadsheet programs will not evaluate: when its first character that is not a space, an
+    invisible character or a quote starts a formula (or it starts with tab/CR), it gets a quote first.
+    Booleans are written true/false, as the JSON says them."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
     text = "" if value is None else str(value)
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+    first = text[:1]
+    if first in ("\t", "\r"):
+        return "'" + text
+    if first not in SKIPPED_BEFORE_FORMULA and not first.isspace():  # most cells: decided by the first character
+        return "'" + text if first in FORMULA_STARTS else text
+    meaningful = next((char for char in text if char not in SKIPPED_BEFORE_FORMULA and not char.isspace()), "")
+    return "'" + text if meaningful in FORMULA_STARTS else text
 
 
 def wants_csv() -> bool:
@@ -168,7 +205,8 @@ def wants_csv() -> bool:
 def _csv_cell(value: object) -> object:
     """A cell as csv.writer should see it: text made formula-safe; values of our own types (ids, times, flags)
     cannot start a formula and are written as they are."""
-    if value.__class__ is str:
+    kind = value.__class__
+    if kind is str or kind is bool:
         return formula_safe(value)
     if value is None:
         return ""

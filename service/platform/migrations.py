@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "sql" / "migrations"
-_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.up\.sql$")
+_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.up\.sql\Z")
 # Any fixed number works; it only has to be the same for every process that migrates this database.
 _LOCK_ID = 7_368_912_104
 

@@ -1,4 +1,5 @@
-"""Named random secrets every worker shares through PostgreSQL: the daily visitor key and the form-token signer."""
+"""Named random secrets every worker shares through PostgreSQL (the daily visitor key, the form-token signer), and
+the SecretBox that encrypts tenants' secrets at rest with SECRETS_KEY."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import time
 from datetime import UTC, date, datetime
 
 import psycopg
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from flask import current_app
 from itsdangerous import URLSafeTimedSerializer
 
@@ -77,3 +79,52 @@ class Signer:
 def visitor_keys() -> VisitorKeys:
     """The request's app's visitor keys."""
     return current_app.extensions["chatlink.visitor_keys"]
+
+
+class SecretsKeyMissing(Exception):
+    """SECRETS_KEY is empty: a secret cannot be stored (or an encrypted one read)."""
+
+
+class SecretBox:
+    """Encrypts secrets at rest (Fernet): SECRETS_KEY holds comma-separated keys, the first encrypts, all decrypt.
+
+    A stored value without the prefix is a row written before encryption: read as is, encrypted by
+    `make rotate-secrets`."""
+
+    PREFIX = "fernet:"
+
+    def __init__(self, keys: str) -> None:
+        parts = [key.strip() for key in keys.split(",") if key.strip()]
+        self._fernet = MultiFernet([Fernet(key) for key in parts]) if parts else None
+
+    def _keys(self) -> MultiFernet:
+        if self._fernet is None:
+            raise SecretsKeyMissing("SECRETS_KEY is not set")
+        return self._fernet
+
+    def seal(self, plain: str) -> str:
+        """The stored form of plain: encrypted under the first key."""
+        return self.PREFIX + self._keys().encrypt(plain.encode()).decode()
+
+    def open(self, stored: str) -> str:
+        """The plain text of a stored value (one still in plain text is returned as is)."""
+        if not stored.startswith(self.PREFIX):
+            return stored
+        try:
+            return self._keys().decrypt(stored.removeprefix(self.PREFIX).encode()).decode()
+        except InvalidToken:
+            raise SecretsKeyMissing("no key in SECRETS_KEY decrypts this secret") from None
+
+    def reseal(self, stored: str) -> str:
+        """stored encrypted under the first key (plain text rows encrypted, older keys' rows re-encrypted)."""
+        if not stored.startswith(self.PREFIX):
+            return self.seal(stored)
+        try:
+            return self.PREFIX + self._keys().rotate(stored.removeprefix(self.PREFIX).encode()).decode()
+        except InvalidToken:
+            raise SecretsKeyMissing("no key in SECRETS_KEY decrypts this secret") from None
+
+
+def secret_box() -> SecretBox:
+    """The request's app's secret box."""
+    return current_app.extensions["chatlink.secret_box"]

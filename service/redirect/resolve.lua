@@ -47,13 +47,16 @@ local link = cjson.decode(raw)
 if link.closes_at ~= cjson.null and tonumber(link.closes_at) <= tonumber(ARGV[1]) then
     return {raw, 'gone'}
 end
-if ARGV[6] ~= '1' then return {raw, 'ok'} end
-if ARGV[7] ~= '1' then
-    -- Every human click is counted, limit or not, so a max_clicks set later starts from the true count.
-    local counter = KEYS[3] .. link.id
+-- The click counter: every human click is counted, limit or not, so a max_clicks set later starts from the true
+-- count; a link with a limit needs it for every request, since an exhausted link is gone for bots and HEAD too.
+local counter = KEYS[3] .. link.id
+local limit = link.max_clicks
+local human = ARGV[6] == '1' and ARGV[7] ~= '1'
+if human or limit ~= cjson.null then
     if ARGV[5] == '?' then
-        -- PostgreSQL cannot tell the count: let the click through uncounted. The counter stays absent, so the first
-        -- click after PostgreSQL returns seeds it from the stored clicks and max_clicks holds from then on.
+        -- PostgreSQL cannot tell the count: let the request through, its click uncounted. The counter stays absent,
+        -- so the first request after PostgreSQL returns seeds it from the stored clicks and max_clicks holds again.
+        if ARGV[6] ~= '1' then return {raw, 'ok'} end
         redis.call('XADD', KEYS[2], '*', 'l', link.id, 'a', link.account_id, 'd', ARGV[8])
         return {raw, 'ok'}
     elseif ARGV[5] ~= '' then
@@ -61,11 +64,14 @@ if ARGV[7] ~= '1' then
     elseif redis.call('EXISTS', counter) == 0 then
         return {raw, 'seed'}  -- the count was lost (or never read): ask PostgreSQL for it first
     end
-    local limit = link.max_clicks
-    if redis.call('INCR', counter) > tonumber(limit == cjson.null and math.huge or limit) then
-        redis.call('DECR', counter)
-        return {raw, 'limit'}
-    end
+end
+if not human and limit ~= cjson.null and tonumber(redis.call('GET', counter)) >= tonumber(limit) then
+    return {raw, 'limit'}  -- bots and HEAD use no click up, but an exhausted link is gone for them too
+end
+if ARGV[6] ~= '1' then return {raw, 'ok'} end
+if human and redis.call('INCR', counter) > tonumber(limit == cjson.null and math.huge or limit) then
+    redis.call('DECR', counter)
+    return {raw, 'limit'}
 end
 redis.call('XADD', KEYS[2], '*', 'l', link.id, 'a', link.account_id, 'd', ARGV[8])
 return {raw, 'ok'}

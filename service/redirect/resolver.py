@@ -214,7 +214,7 @@ class Redirector:
             return "unknown"
         if link.gone_reason():
             return "gone"
-        if click and not bot and link.max_clicks is not None and clicks >= link.max_clicks:
+        if link.max_clicks is not None and clicks >= link.max_clicks:  # gone for everyone, bots and HEAD included
             return "limit"
         if click:
             self.sink.write(click, link.id, link.account_id)

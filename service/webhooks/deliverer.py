@@ -1,18 +1,24 @@
-"""The outbox deliverer: posts due events (webhooks signed, WhatsApp through the Cloud API), retried with back-off."""
+"""The outbox deliverer: posts due events (webhooks signed, WhatsApp through the Cloud API), retried with back-off,
+concurrently and fairly: a share of the senders per account, round-robin across accounts, a breaker per endpoint."""
 
 from __future__ import annotations
 
 import json
 import logging
 import random
+import threading
 import time
+from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import requests
 
 from ..platform.db import UNAVAILABLE_ERRORS, Database, query
 from ..platform.loop import Loop
-from .addresses import address_problem
+from ..platform.secrets import SecretBox, SecretsKeyMissing
+from . import pinned
+from .addresses import RefusedAddress, resolve
 from .signing import sign
 
 log = logging.getLogger(__name__)
@@ -21,40 +27,129 @@ log = logging.getLogger(__name__)
 WHATSAPP_RETRYABLE = {1, 2, 4, 17, 80007, 130429, 131000, 131016, 131056, 133004}
 
 
+class Breakers:
+    """A circuit breaker per endpoint: after `failures` attempts in a row without an answer (or with a 5xx), the
+    endpoint is skipped for `seconds`, so that a dead or hanging receiver stops taking senders from the others."""
+
+    def __init__(self, failures: int, seconds: float) -> None:
+        self.failures, self.seconds = failures, seconds
+        self._lock = threading.Lock()
+        self._failed: Counter[str] = Counter()
+        self._open_until: dict[str, float] = {}
+
+    def allows(self, endpoint: str) -> bool:
+        """False while the endpoint's breaker is open."""
+        with self._lock:
+            return self._open_until.get(endpoint, 0.0) <= time.monotonic()
+
+    def record(self, endpoint: str, answered: bool) -> None:
+        """Count an attempt's outcome; open the breaker after too many failures in a row."""
+        with self._lock:
+            if answered:
+                self._failed.pop(endpoint, None)
+                self._open_until.pop(endpoint, None)
+                return
+            self._failed[endpoint] += 1
+            if self._failed[endpoint] >= self.failures:
+                self._open_until[endpoint] = time.monotonic() + self.seconds
+                self._failed[endpoint] = 0
+
+
 class Deliverer(Loop):
-    """Posts due outbox rows: webhooks signed, WhatsApp through the Cloud API; retries with exponential back-off."""
+    """Posts due outbox rows on a small thread pool: at most `per_account` in flight per account, leased
+    round-robin across accounts, so one tenant's slow endpoints cannot hold up another tenant's events."""
 
     thread_name = "outbox-deliverer"
 
     def __init__(
         self,
         db: Database,
+        box: SecretBox,
         *,
         whatsapp_base: str,
         timeout: float,
         max_attempts: int,
         retry_base_seconds: float,
         allow_private: bool = False,
-        batch: int = 20,
+        concurrency: int = 8,
+        per_account: int = 2,
+        breaker_failures: int = 3,
+        breaker_seconds: float = 60,
     ) -> None:
-        self.db = db
+        self.db, self.box = db, box
         self.allow_private = allow_private
         self.whatsapp_base = whatsapp_base.rstrip("/")
         self.timeout, self.max_attempts, self.retry_base = timeout, max_attempts, retry_base_seconds
-        super().__init__(join_seconds=timeout + 2)
-        self.batch = batch
+        # A connect and a read, each bounded by the timeout, plus recording the result.
+        super().__init__(join_seconds=2 * timeout + 2)
+        self.concurrency, self.per_account = concurrency, per_account
+        # A leased row is not leased again before this: longer than a whole attempt (connect + read + record).
+        self.lease_seconds = int(self.timeout * 3 + 30)
+        self.breakers = Breakers(breaker_failures, breaker_seconds)
+        self.senders = ThreadPoolExecutor(concurrency, thread_name_prefix="outbox-sender")
+        self._lock = threading.Lock()
+        self._in_flight: Counter[int] = Counter()
+        self._slot_freed = threading.Event()
         self.http = requests.Session()
+        self.http.trust_env = False  # no proxy or .netrc from the environment
 
-    def deliver_once(self) -> int:
-        """Lease and attempt every due delivery (up to a batch); return how many were attempted."""
+    def dispatch(self) -> list[Future]:
+        """Lease due rows for the free senders (one per account, round-robin, none for accounts already using
+        their whole share) and start attempting them; return their futures."""
+        with self._lock:
+            free = self.concurrency - sum(self._in_flight.values())
+            busy = [account for account, n in self._in_flight.items() if n >= self.per_account]
+        if free <= 0:
+            return []
         with self.db.connection() as conn:
-            due = query(conn, "claim_deliveries", {"limit": self.batch, "lease": int(self.timeout * 3 + 30)}).fetchall()
+            due = query(
+                conn,
+                "claim_deliveries",
+                {"limit": free, "lease": self.lease_seconds, "per_account": 1, "busy": busy},
+            ).fetchall()
+        futures = []
         for row in due:
-            self._attempt(row)
+            with self._lock:
+                self._in_flight[row["account_id"]] += 1
+            future = self.senders.submit(self._attempt, row)
+            future.add_done_callback(lambda done, account=row["account_id"]: self._release(account, done))
+            futures.append(future)
+        return futures
+
+    def _release(self, account: int, done: Future) -> None:
+        if not done.cancelled() and done.exception() is not None:
+            # The result could not be recorded (PostgreSQL away): the row is attempted again when its lease ends.
+            log.warning("recording a delivery attempt failed: %s", type(done.exception()).__name__)
+        with self._lock:
+            self._in_flight[account] -= 1
+            if self._in_flight[account] <= 0:
+                del self._in_flight[account]
+        self._slot_freed.set()
+
+    def deliver_once(self, batch: int = 20) -> int:
+        """One step (tests, and the shape of a pass): lease up to batch due deliveries at once, attempt them on the
+        senders and wait for every one; return how many were leased."""
+        with self.db.connection() as conn:
+            due = query(
+                conn,
+                "claim_deliveries",
+                {"limit": batch, "lease": self.lease_seconds, "per_account": batch, "busy": []},
+            ).fetchall()
+        for future in [self.senders.submit(self._attempt, row) for row in due]:
+            future.result()
         return len(due)
 
+    @staticmethod
+    def _endpoint(row: dict) -> str:
+        return f"webhook:{row['webhook_id']}" if row["webhook_id"] else f"whatsapp:{row['account_id']}"
+
     def _attempt(self, row: dict) -> None:
+        """One attempt, always ending in a recorded result (delivered, retry later, or failed)."""
+        endpoint = self._endpoint(row)
+        if not self.breakers.allows(endpoint):
+            return  # not an attempt: the row stays leased and comes back when the lease ends
         started = time.monotonic()
+        answered = True
         try:
             if row["url"]:
                 delivered, status, error, retryable = self._post_webhook(row)
@@ -62,8 +157,20 @@ class Deliverer(Loop):
                 delivered, status, error, retryable = self._post_whatsapp(row)
             else:  # the WhatsApp settings were removed after the event was queued
                 delivered, status, error, retryable = False, None, "WhatsApp Business is no longer configured", False
-        except requests.RequestException as exc:
-            delivered, status, error, retryable = False, None, type(exc).__name__, True
+            answered = status is not None and status < 500
+        except (requests.RequestException, pinned.PostFailed) as exc:
+            delivered, status, error, retryable, answered = False, None, str(exc) or type(exc).__name__, True, False
+        except SecretsKeyMissing as exc:  # the operator may still provide the key: retry
+            delivered, status, error, retryable = False, None, str(exc), True
+        except Exception as exc:
+            # Anything else will not fix itself by retrying (a token requests cannot send, …): record it and stop.
+            # Only the exception's type is logged: its message may quote what it could not encode.
+            log.warning("delivery %s failed: %s", row["id"], type(exc).__name__)
+            delivered, status, error, retryable = False, None, f"unexpected error: {type(exc).__name__}", False
+        self.breakers.record(endpoint, answered)
+        self._finish(row, delivered, status, error, retryable, started)
+
+    def _finish(self, row: dict, delivered: bool, status, error, retryable: bool, started: float) -> None:
         attempts = row["attempts"] + 1
         retry_at = None
         if not delivered and retryable and attempts < self.max_attempts:
@@ -84,22 +191,23 @@ class Deliverer(Loop):
             )
 
     def _post_webhook(self, row: dict) -> tuple[bool, int | None, str | None, bool]:
-        problem = None if self.allow_private else address_problem(row["url"])
-        if problem:  # checked again at each call: DNS may have changed since registration
-            return False, None, problem, False
+        try:  # resolved and checked at each call (DNS may have changed), and connected to that very address
+            target = resolve(row["url"], allow_private=self.allow_private)
+        except RefusedAddress as exc:
+            return False, None, f"refused: {exc}", False
         body = json.dumps(row["payload"], separators=(",", ":"), default=str).encode()
         headers = {
             "Content-Type": "application/json",
             "User-Agent": "Chatlink-Webhooks/1",
             "X-Chatlink-Event-Id": str(row["event_id"]),
             "X-Chatlink-Event-Type": row["event_type"],
-            "X-Chatlink-Signature": sign(row["secret"], int(time.time()), body),
+            "X-Chatlink-Signature": sign(self.box.open(row["secret"]), int(time.time()), body),
         }
-        response = self.http.post(row["url"], data=body, headers=headers, timeout=self.timeout, allow_redirects=False)
-        ok = 200 <= response.status_code < 300
+        status = pinned.post(target, body, headers, self.timeout)
+        ok = 200 <= status < 300
         # 4xx other than timeouts/throttling mean the receiver refuses this event; keep trying anyway (it may be
         # deploying), up to the attempt limit — a receiver that is down must still get every event.
-        return ok, response.status_code, None if ok else f"HTTP {response.status_code}", True
+        return ok, status, None if ok else f"HTTP {status}", True
 
     def _post_whatsapp(self, row: dict) -> tuple[bool, int, str | None, bool]:
         lead = row["payload"]["data"]
@@ -127,7 +235,7 @@ class Deliverer(Loop):
             f"{self.whatsapp_base}/{row['phone_number_id']}/messages",
             json=body,
             timeout=self.timeout,
-            headers={"Authorization": f"Bearer {row['access_token']}"},
+            headers={"Authorization": f"Bearer {self.box.open(row['access_token'])}"},
             allow_redirects=False,
         )
         if response.status_code == 200:
@@ -135,20 +243,27 @@ class Deliverer(Loop):
         try:
             error = response.json()["error"]
             code, message = int(error.get("code", 0)), str(error.get("message", ""))[:200]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError):  # not JSON, no "error", or not an object
             code, message = 0, "unreadable error body"
         retryable = response.status_code >= 500 or response.status_code == 429 or code in WHATSAPP_RETRYABLE
         return False, response.status_code, f"code {code}: {message}", retryable
 
     def run(self) -> None:
-        """Until stopped: one step after another, waiting when there is nothing to do."""
+        """Until stopped: keep the senders busy, leasing one row per account at a time (round-robin)."""
         while not self.stopping.is_set():
             try:
-                if self.deliver_once() == 0:
-                    self.stopping.wait(1)
+                if not self.dispatch():
+                    # Nothing due or no free sender: wait for a sender to finish, or a second for new rows.
+                    self._slot_freed.wait(1)
+                    self._slot_freed.clear()
             except UNAVAILABLE_ERRORS as exc:
                 log.warning("outbox deliverer waiting for PostgreSQL: %s", type(exc).__name__)
                 self.stopping.wait(2)
             except Exception:
                 log.exception("outbox deliverer failed; retrying")
                 self.stopping.wait(2)
+
+    def stop(self) -> None:
+        """Stop leasing, and let the attempts in flight finish (bounded by the join time)."""
+        super().stop()
+        self.senders.shutdown(wait=False, cancel_futures=True)

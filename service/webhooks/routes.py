@@ -13,7 +13,8 @@ from ..config import settings
 from ..links.target import InvalidPhone, normalize_phone
 from ..platform.db import database
 from ..platform.errors import ApiError, invalid, not_found
-from ..platform.http import json_response, load_or_422, read_json_object
+from ..platform.http import json_response, load_or_422, parse_uuid, read_json_object
+from ..platform.secrets import SecretsKeyMissing, secret_box
 from . import store
 from .addresses import address_problem
 from .events import EVENTS
@@ -41,10 +42,13 @@ class WhatsAppIn(Schema):
     class Meta:
         unknown = RAISE
 
-    phone_number_id = fields.String(required=True, validate=validate.Regexp(r"^[0-9]{5,30}$"))
-    access_token = fields.String(required=True, validate=validate.Length(min=10, max=1000))
-    template = fields.String(required=True, validate=validate.Regexp(r"^[a-z0-9_]{1,512}$"))
-    language = fields.String(load_default="en_US", validate=validate.Regexp(r"^[a-z]{2,3}(_[A-Z]{2})?$"))
+    phone_number_id = fields.String(required=True, validate=validate.Regexp(r"[0-9]{5,30}\Z"))
+    # Sent in an HTTP header: printable ASCII only (a "€" could not be sent at all).
+    access_token = fields.String(
+        required=True, validate=validate.Regexp(r"[\x21-\x7e]{10,1000}\Z", error="10-1000 printable ASCII characters.")
+    )
+    template = fields.String(required=True, validate=validate.Regexp(r"[a-z0-9_]{1,512}\Z"))
+    language = fields.String(load_default="en_US", validate=validate.Regexp(r"[a-z]{2,3}(_[A-Z]{2})?\Z"))
     notify_number = fields.String(required=True, validate=validate.Length(max=64))
 
 
@@ -58,22 +62,43 @@ def _webhook_not_found() -> ApiError:
 
 def _webhook_id(value: str) -> uuid.UUID:
     try:
-        return uuid.UUID(value)
+        return parse_uuid(value)
     except ValueError:
         raise _webhook_not_found() from None
+
+
+def _sealed(secret: str) -> str:
+    """secret as stored: encrypted with SECRETS_KEY, or a 503 naming SECRETS_KEY when it is not set."""
+    try:
+        return secret_box().seal(secret)
+    except SecretsKeyMissing:
+        raise ApiError(
+            503,
+            "secrets-key-missing",
+            "Secrets cannot be stored",
+            "The operator has not set SECRETS_KEY, which encrypts webhook secrets and WhatsApp tokens at rest.",
+        ) from None
 
 
 @bp.post("/webhooks")
 @require_api_key
 def create_webhook() -> Response:
-    """Register an endpoint; the signing secret is in this answer only. 201; 400, 401, 413, 415, 422."""
+    """Register an endpoint; the signing secret is in this answer only. 201; 400, 401, 413, 415, 422, 503."""
     data = load_or_422(WebhookIn(), read_json_object())
-    problem = None if settings().webhook_allow_private else address_problem(data["url"])
+    scheme, rest = data["url"].split(":", 1)
+    url = scheme.lower() + ":" + rest  # the scheme is case-insensitive (HTTP://…); stored as its canonical form
+    problem = None if settings().webhook_allow_private else address_problem(url)
     if problem:
         raise invalid({"url": [problem]})
     secret = "whsec_" + secrets.token_urlsafe(32)
+    sealed = _sealed(secret)
     with database().transaction(g.account_id) as conn:
-        row = store.insert_webhook(conn, data["url"], sorted(set(data["events"])), secret)
+        if store.count_webhooks(conn) >= settings().webhook_max_endpoints:
+            raise invalid(
+                {"url": [f"An account may register at most {settings().webhook_max_endpoints} endpoints."]},
+                "Too many webhook endpoints.",
+            )
+        row = store.insert_webhook(conn, url, sorted(set(data["events"])), sealed)
     return json_response({**_webhook_json(row), "secret": secret}, 201)
 
 
@@ -117,6 +142,7 @@ def put_whatsapp() -> Response:
         data["notify_number"] = normalize_phone(data["notify_number"])
     except InvalidPhone as exc:
         raise invalid({"notify_number": [str(exc)]}) from None
+    data["access_token"] = _sealed(data["access_token"])
     with database().transaction(g.account_id) as conn:
         row = store.upsert_whatsapp(conn, data)
     return json_response(row)

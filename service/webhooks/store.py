@@ -19,6 +19,11 @@ def list_webhooks(conn: psycopg.Connection) -> list[dict]:
     return query(conn, "list_webhooks").fetchall()
 
 
+def count_webhooks(conn: psycopg.Connection) -> int:
+    """How many endpoints the transaction's account has."""
+    return query(conn, "count_webhooks").fetchone()["n"]
+
+
 def webhook_exists(conn: psycopg.Connection, webhook_id: uuid.UUID) -> bool:
     """True when the account has this endpoint."""
     return query(conn, "get_webhook", {"id": webhook_id}).fetchone() is not None

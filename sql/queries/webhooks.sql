@@ -7,6 +7,10 @@ returning id, url, events, created_at;
 -- The account's endpoints, newest first.
 select id, url, events, created_at from webhooks order by created_at desc;
 
+-- name: count_webhooks
+-- How many endpoints the account has.
+select count(*) as n from webhooks;
+
 -- name: get_webhook
 -- One endpoint of the account.
 select id from webhooks where id = %(id)s;
@@ -54,8 +58,8 @@ select phone_number_id, template, language, notify_number, updated_at from whats
 delete from whatsapp_settings;
 
 -- name: claim_deliveries
--- Lease due outbox rows with what delivering them needs (SECURITY DEFINER narrow path).
-select * from claim_deliveries(%(limit)s, %(lease)s);
+-- Lease due outbox rows round-robin across accounts, skipping busy ones (SECURITY DEFINER narrow path).
+select * from claim_deliveries(%(limit)s, %(lease)s, %(per_account)s, %(busy)s::bigint[]);
 
 -- name: finish_delivery
 -- Record an attempt: delivered, retry later, or failed for good (SECURITY DEFINER narrow path).

@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -194,9 +195,45 @@ def test_max_clicks_answers_410_once_reached_and_bots_do_not_count(app, client, 
     link = make_link(max_clicks=2)
     path = f"/{link['slug']}"
     assert client.get(path, headers={"User-Agent": WHATSAPP_PREVIEW}).status_code == 302
-    assert [client.get(path).status_code for _ in range(3)] == [302, 302, 410]
     assert client.head(path).status_code == 302  # HEAD is not a click and does not use one up
+    assert [client.get(path).status_code for _ in range(3)] == [302, 302, 410]
     assert drain(app) == 3
+
+
+def test_an_exhausted_link_is_gone_for_bots_and_head_too(app, client, make_link):
+    link = make_link(max_clicks=1)
+    path = f"/{link['slug']}"
+    assert client.get(path).status_code == 302
+    assert client.get(path, headers={"User-Agent": WHATSAPP_PREVIEW}).status_code == 410
+    assert client.head(path).status_code == 410
+    assert "Location" not in client.head(path).headers
+
+
+def test_an_exhausted_link_is_gone_for_bots_and_head_with_redis_down(make_app, settings, make_link, dead_port):
+    link = make_link(max_clicks=1)
+    down = make_app(settings, redis_url=f"redis://127.0.0.1:{dead_port}/0").test_client()
+    assert down.get(f"/{link['slug']}").status_code == 302
+    assert down.get(f"/{link['slug']}", headers={"User-Agent": WHATSAPP_PREVIEW}).status_code == 410
+    assert down.head(f"/{link['slug']}").status_code == 410
+
+
+def test_a_disabled_link_is_gone_for_bots_and_head_too(client, auth, make_link):
+    link = make_link()
+    path = f"/{link['slug']}"
+    assert client.head(path).status_code == 302  # cached as live
+    client.patch(f"/api/v1/links/{link['slug']}", headers=auth, json={"disabled": True})
+    assert client.get(path, headers={"User-Agent": WHATSAPP_PREVIEW}).status_code == 410
+    assert client.head(path).status_code == 410
+
+
+def test_an_expired_link_is_gone_for_bots_and_head_too(client, make_link):
+    soon = datetime.now(UTC) + timedelta(seconds=1)
+    link = make_link(expires_at=soon.isoformat())
+    path = f"/{link['slug']}"
+    assert client.head(path).status_code == 302  # cached as live, with the time it closes
+    time.sleep(max(0.0, (soon - datetime.now(UTC)).total_seconds()) + 0.2)
+    assert client.get(path, headers={"User-Agent": WHATSAPP_PREVIEW}).status_code == 410
+    assert client.head(path).status_code == 410
 
 
 def test_max_clicks_survives_a_cache_flush(app, client, make_link):
@@ -366,3 +403,16 @@ def test_utm_values_are_read_as_utf_8(app, client, make_link, owner_conn):
         "select utm_campaign, utm_source from clicks where click_id = %s", [response.headers["X-Click-Id"]]
     ).fetchone()
     assert tuple(row.values() if isinstance(row, dict) else row) == ("verão", "café")
+
+
+def test_a_non_ascii_referer_is_stored_as_sent(client, make_link, owner_conn, app):
+    link = make_link()
+    referer = "https://exemplo.com.br/promoção?q=olá"
+    # WSGI servers hand header bytes over decoded as latin-1; the browser sent UTF-8.
+    wsgi_value = referer.encode().decode("latin-1")
+    assert client.get(f"/{link['slug']}", environ_base={"HTTP_REFERER": wsgi_value}).status_code == 302
+    drain(app)
+    [(stored,)] = owner_conn.execute(
+        "select c.referrer from clicks c join links l on l.id = c.link_id where l.slug = %s", [link["slug"]]
+    ).fetchall()
+    assert stored == referer

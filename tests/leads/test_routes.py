@@ -1,6 +1,8 @@
 """Lead capture: the form page, valid/invalid/bot/replayed/forged submissions, escaping, the leads API and erasure."""
 
+import base64
 import csv
+import hashlib
 import io
 import re
 
@@ -203,10 +205,11 @@ def test_leads_api_lists_newest_first_with_the_clicks_attribution(lead_app, lead
 
 def test_leads_csv_is_formula_safe(lead_client, client, auth, lead_link):
     _, token = _open(lead_client, lead_link["slug"])
-    _submit(lead_client, lead_link["slug"], token, name='=HYPERLINK("http://evil")', note="@SUM(A1)")
+    _submit(lead_client, lead_link["slug"], token, name='=HYPERLINK("http://evil")', note=" =1+1")
     response = client.get("/api/v1/leads", headers={**auth, "Accept": "text/csv"})
     [row] = list(csv.DictReader(io.StringIO(response.get_data(as_text=True))))
-    assert row["name"] == '\'=HYPERLINK("http://evil")' and row["note"] == "'@SUM(A1)"
+    assert row["name"] == '\'=HYPERLINK("http://evil")' and row["note"] == "'=1+1"  # the form strips the space
+    assert row["consent"] == "true"
 
 
 def test_erasing_a_lead_removes_it_from_the_api_and_exports(lead_client, client, auth, lead_link, owner_conn):
@@ -251,3 +254,36 @@ def test_removing_the_form_makes_the_link_redirect_again(lead_client, client, au
 @pytest.mark.parametrize("query", ["link=%00", "link=a.b", "cursor=%00", "from=%00"])
 def test_hostile_leads_parameters_answer_422(client, auth, query):
     assert client.get(f"/api/v1/leads?{query}", headers=auth).status_code == 422
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"}, {"Origin": "https://evil.example"}],
+)
+def test_a_cross_site_submission_gets_403_and_stores_nothing(lead_client, lead_link, owner_conn, headers):
+    _, token = _open(lead_client, lead_link["slug"])
+    body = {"token": token, "name": "Ana", "consent": "yes", "website": ""}
+    response = lead_client.post(f"/{lead_link['slug']}/lead", data=body, headers=headers)
+    assert response.status_code == 403 and _leads(owner_conn, lead_link["slug"]) == []
+
+
+def test_a_same_origin_submission_with_origin_null_is_accepted(lead_client, lead_link):
+    # The page's Referrer-Policy: no-referrer makes browsers send Origin: null with the form.
+    _, token = _open(lead_client, lead_link["slug"])
+    body = {"token": token, "name": "Ana", "phone": "+55 11 98765-4321", "email": "a@example.com", "consent": "yes"}
+    headers = {"Origin": "null", "Sec-Fetch-Site": "same-origin"}
+    assert lead_client.post(f"/{lead_link['slug']}/lead", data=body, headers=headers).status_code == 303
+
+
+def test_the_403_pages_inline_style_is_allowed_by_its_csp(lead_client, lead_link):
+    response = _submit(lead_client, lead_link["slug"], "garbage")
+    assert response.status_code == 403
+    [style] = re.findall(r"<style>(.*?)</style>", response.get_data(as_text=True), re.DOTALL)
+    digest = base64.b64encode(hashlib.sha256(style.encode()).digest()).decode()
+    assert f"'sha256-{digest}'" in response.headers["Content-Security-Policy"]
+
+
+def test_the_forms_phone_error_speaks_to_a_visitor(lead_client, lead_link):
+    _, token = _open(lead_client, lead_link["slug"])
+    page = _submit(lead_client, lead_link["slug"], token, phone="98765-4321").get_data(as_text=True)
+    assert "country code" in page and "default_region" not in page

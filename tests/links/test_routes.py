@@ -1,5 +1,6 @@
 """The links API: create, validation errors as problem+json, idempotency, read, edit, delete, list."""
 
+import io
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -272,3 +273,17 @@ def test_expiry_past_the_year_9999_in_utc_answers_422(client, auth):
     body = {"phone": "+14155552671", "expires_at": "9999-12-31T23:59:59-23:59"}
     response = client.post("/api/v1/links", headers=auth, json=body)
     assert response.status_code == 422 and "expires_at" in response.get_json()["errors"]
+
+
+@pytest.mark.parametrize("message_length, status", [(17000, 413), (1900, 201)])
+def test_a_chunked_body_is_read_whole_and_over_16_kib_answers_413(client, auth, message_length, status):
+    body = json.dumps({"phone": "+14155552671", "message": "x" * message_length}).encode()
+    response = client.post(
+        "/api/v1/links",
+        headers={**auth, "Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+        input_stream=io.BytesIO(body),
+        environ_overrides={"wsgi.input_terminated": True},  # what gunicorn sets for a chunked body
+    )
+    assert response.status_code == status
+    if status == 413:
+        _problem(response, 413)
