@@ -8,8 +8,8 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 
-from flask import current_app
 import psycopg
+from flask import current_app
 from limits import parse_many
 
 

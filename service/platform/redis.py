@@ -15,6 +15,8 @@ from flask import current_app
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from .metrics import REDIS_BREAKER_OPEN, REDIS_ERRORS
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -231,7 +233,13 @@ class RedisClient:
         if self.available:
             log.warning("redis failed (%s); skipping it for %ss", type(exc).__name__, self.breaker_seconds)
         self._open_until = time.monotonic() + self.breaker_seconds
+        REDIS_ERRORS.labels("app").inc()
+        REDIS_BREAKER_OPEN.set(1)
         self.client.connection_pool.disconnect()  # close half-read connections of a hung server
+
+    def sample_breaker(self) -> None:
+        """Publish the breaker's state (a metrics probe)."""
+        REDIS_BREAKER_OPEN.set(0 if self.available else 1)
 
     def ping(self) -> bool:
         """PING, bypassing the breaker (for health checks)."""

@@ -12,6 +12,7 @@ import requests
 
 from ..platform.db import UNAVAILABLE_ERRORS, Database, query
 from ..platform.loop import Loop
+from ..platform.metrics import POSTGRES_ERRORS, Counter, Gauge
 from .addresses import address_problem
 from .signing import sign
 
@@ -19,6 +20,12 @@ log = logging.getLogger(__name__)
 # Cloud API error codes worth retrying: throttling and temporary failures. Anything else (bad token 190,
 # unknown template 132001, invalid parameter 100, …) will not fix itself and fails at once.
 WHATSAPP_RETRYABLE = {1, 2, 4, 17, 80007, 130429, 131000, 131016, 131056, 133004}
+
+DELIVERIES = Counter("chatlink_deliveries_total", "Delivery attempts by result: delivered, retry, failed.", ["result"])
+OUTBOX_BACKLOG = Gauge("chatlink_outbox_backlog", "Pending deliveries, all accounts.", multiprocess_mode="mostrecent")
+OUTBOX_OLDEST_DUE = Gauge(
+    "chatlink_outbox_oldest_due_seconds", "How long the oldest due delivery has waited.", multiprocess_mode="mostrecent"
+)
 
 
 class Deliverer(Loop):
@@ -69,6 +76,7 @@ class Deliverer(Loop):
         if not delivered and retryable and attempts < self.max_attempts:
             delay = min(self.retry_base * 2 ** (attempts - 1), 3600) * random.uniform(0.8, 1.2)  # noqa: S311
             retry_at = datetime.now(UTC) + timedelta(seconds=delay)
+        DELIVERIES.labels("delivered" if delivered else ("retry" if retry_at else "failed")).inc()
         with self.db.connection() as conn:
             query(
                 conn,
@@ -140,14 +148,26 @@ class Deliverer(Loop):
         retryable = response.status_code >= 500 or response.status_code == 429 or code in WHATSAPP_RETRYABLE
         return False, response.status_code, f"code {code}: {message}", retryable
 
+    def observe(self) -> None:
+        """The outbox's backlog and the age of its oldest due delivery, for /metrics."""
+        with self.db.connection() as conn:
+            stats = query(conn, "outbox_stats").fetchone()
+        OUTBOX_BACKLOG.set(stats["backlog"])
+        OUTBOX_OLDEST_DUE.set(stats["oldest_due_seconds"])
+
     def run(self) -> None:
         """Until stopped: one step after another, waiting when there is nothing to do."""
+        last_observed = 0.0
         while not self.stopping.is_set():
             try:
+                if time.monotonic() - last_observed >= 5:
+                    last_observed = time.monotonic()
+                    self.observe()
                 if self.deliver_once() == 0:
                     self.stopping.wait(1)
             except UNAVAILABLE_ERRORS as exc:
                 log.warning("outbox deliverer waiting for PostgreSQL: %s", type(exc).__name__)
+                POSTGRES_ERRORS.labels("deliverer").inc()
                 self.stopping.wait(2)
             except Exception:
                 log.exception("outbox deliverer failed; retrying")
