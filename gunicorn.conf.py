@@ -18,6 +18,7 @@ import redis
 def _metrics_dir() -> str | None:
     """An empty folder for this master's processes; returns it when it was created here (removed on exit)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
         return None
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="chatlink-metrics-")
     return os.environ["PROMETHEUS_MULTIPROC_DIR"]

@@ -1,4 +1,4 @@
-"""Command-line tasks: migrate, rollback, api-key, revoke-key (run by the Makefile through `python -m service.cli`)."""
+"""Command-line tasks: migrate, rollback, api-key, revoke-key, config (run by the Makefile: `python -m service.cli`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 import psycopg
 
 from . import auth
-from .config import ConfigError, Settings, load_settings
+from .config import ConfigError, Settings, describe, load_settings
 from .platform import localservices, migrations
 
 
@@ -31,7 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     key.add_argument("account")
     revoke = commands.add_parser("revoke-key", help="revoke an API key by its public id or full key")
     revoke.add_argument("key_prefix")
+    commands.add_parser("config", help="print the effective settings (secrets masked) and where each came from")
     args = parser.parse_args(argv)
+    if args.command == "config":
+        return print_config()
     try:
         url = owner_url(load_settings())
         if args.command == "migrate":
@@ -56,6 +59,19 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, migrations.MigrationError, localservices.ServiceUnavailable, psycopg.Error) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def print_config() -> int:
+    """Every setting's effective value, secrets masked, and its source (default, profile, environment)."""
+    try:
+        rows = describe()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    width = max(len(name) for name, _, _ in rows)
+    for name, value, source in rows:
+        print(f"{name:<{width}}  {value or '(empty)'}  [{source}]")
     return 0
 
 

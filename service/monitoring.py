@@ -23,6 +23,6 @@ def scrape() -> Response:
     metrics.sampler.sample()  # this process's gauges as of now
     return Response(
         metrics.render(current.prometheus_multiproc_dir),
-        mimetype=metrics.CONTENT_TYPE.split(";")[0],
-        headers={"Content-Type": metrics.CONTENT_TYPE, "Cache-Control": "no-store"},
+        content_type=metrics.CONTENT_TYPE,
+        headers={"Cache-Control": "no-store"},
     )
