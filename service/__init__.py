@@ -8,7 +8,7 @@ from pathlib import Path
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import config, health, monitoring, ratelimit
+from . import config, health, monitoring, openapi, ratelimit
 from .analytics import routes as analytics
 from .clicks.capture import ClickCapture
 from .clicks.pipeline import STAGING_DDL, ClickSink, Spool
@@ -71,6 +71,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     for blueprint in (health.bp, monitoring.bp, links.bp, analytics.bp, leads.api, webhooks.bp, leads.bp):
         app.register_blueprint(blueprint)
+    openapi.init_app(app)
     app.register_blueprint(redirect.bp)  # last: /<slug> must not shadow the fixed paths
     observe.init_app(app)  # before the limiter, so that a refused request is counted under its route too
     errors.init_app(app)

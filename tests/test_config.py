@@ -28,6 +28,12 @@ def test_base_url_defaults_to_the_port():
         ("RATE_LIMIT_API", "lots"),
         ("RATE_LIMITS_ENABLED", "maybe"),
         ("REDIS_TIMEOUT_MS", "0"),
+        ("LOG_LEVEL", "garbage"),
+        ("REDIS_URL", "garbage"),
+        ("DATABASE_URL", "garbage"),
+        ("LOG_FORMAT", "xml"),
+        ("CHATLINK_ENV", "staging"),
+        ("METRICS_ALLOW", "everyone"),
     ],
 )
 def test_invalid_value_stops_start_up_naming_the_variable(name, value):
@@ -39,22 +45,6 @@ def test_every_setting_is_documented_in_the_readme():
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     for name, _default, _ in documented_settings():
         assert f"`{name}`" in readme, name
-
-
-@pytest.mark.parametrize(
-    ("name", "value"),
-    [
-        ("LOG_LEVEL", "garbage"),
-        ("REDIS_URL", "garbage"),
-        ("DATABASE_URL", "garbage"),
-        ("LOG_FORMAT", "xml"),
-        ("CHATLINK_ENV", "staging"),
-        ("METRICS_ALLOW", "everyone"),
-    ],
-)
-def test_issue_13_settings_are_validated_naming_the_variable(name, value):
-    with pytest.raises(ConfigError, match=name):
-        load_settings({name: value})
 
 
 PRODUCTION = {

@@ -14,7 +14,7 @@ import redis
 
 from ..platform.db import UNAVAILABLE_ERRORS, Database
 from ..platform.loop import Loop
-from ..platform.metrics import POSTGRES_ERRORS, REDIS_ERRORS, Counter, Gauge
+from ..platform.metrics import POSTGRES_ERRORS, REDIS_ERRORS, Counter, gauge
 from ..platform.redis import RedisClient
 from .pipeline import Spool, ingest, stream_key, to_row
 
@@ -22,16 +22,10 @@ log = logging.getLogger(__name__)
 
 CLICKS_DRAINED = Counter("chatlink_clicks_drained_total", "Click entries moved from the Redis stream to PostgreSQL.")
 # Read by the background process about once a second; the most recent value wins across processes.
-STREAM_LENGTH = Gauge("chatlink_click_stream_length", "Clicks in the Redis stream.", multiprocess_mode="mostrecent")
-STREAM_PENDING = Gauge(
-    "chatlink_click_stream_pending", "Clicks read by a drainer but not acknowledged.", multiprocess_mode="mostrecent"
-)
-DRAIN_LAG = Gauge(
-    "chatlink_click_drain_lag_seconds", "Age of the oldest click not yet drained.", multiprocess_mode="mostrecent"
-)
-SPOOL_BYTES = Gauge(
-    "chatlink_click_spool_bytes", "Bytes of clicks waiting in the local spool.", multiprocess_mode="mostrecent"
-)
+STREAM_LENGTH = gauge("chatlink_click_stream_length", "Clicks in the Redis stream.")
+STREAM_PENDING = gauge("chatlink_click_stream_pending", "Clicks read by a drainer but not acknowledged.")
+DRAIN_LAG = gauge("chatlink_click_drain_lag_seconds", "Age of the oldest click not yet drained.")
+SPOOL_BYTES = gauge("chatlink_click_spool_bytes", "Bytes of clicks waiting in the local spool.")
 
 
 class Drainer(Loop):

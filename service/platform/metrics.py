@@ -30,18 +30,17 @@ REDIS_ERRORS = Counter("chatlink_redis_errors_total", "Redis calls that failed, 
 POSTGRES_ERRORS = Counter(
     "chatlink_postgres_errors_total", "PostgreSQL operations that failed (down, refusing), by component.", ["component"]
 )
-REDIS_BREAKER_OPEN = Gauge(
-    "chatlink_redis_breaker_open", "1 while a process skips Redis after a failure.", multiprocess_mode="livemax"
-)
-POOL_IN_USE = Gauge(
-    "chatlink_db_pool_connections_in_use", "PostgreSQL connections lent out, all workers.", multiprocess_mode="livesum"
-)
-POOL_SIZE = Gauge(
-    "chatlink_db_pool_connections", "PostgreSQL connections open, all workers.", multiprocess_mode="livesum"
-)
-POOL_WAITING = Gauge(
-    "chatlink_db_pool_requests_waiting", "Requests waiting for a pooled connection.", multiprocess_mode="livesum"
-)
+
+
+def gauge(name: str, doc: str, across_processes: str = "mostrecent") -> Gauge:
+    """A gauge; across_processes says how the processes' values combine (mostrecent, livesum, livemax…)."""
+    return Gauge(name, doc, multiprocess_mode=across_processes)
+
+
+REDIS_BREAKER_OPEN = gauge("chatlink_redis_breaker_open", "1 while a process skips Redis after a failure.", "livemax")
+POOL_IN_USE = gauge("chatlink_db_pool_connections_in_use", "PostgreSQL connections lent out, all workers.", "livesum")
+POOL_SIZE = gauge("chatlink_db_pool_connections", "PostgreSQL connections open, all workers.", "livesum")
+POOL_WAITING = gauge("chatlink_db_pool_requests_waiting", "Requests waiting for a pooled connection.", "livesum")
 
 
 def render(multiproc_dir: str) -> bytes:

@@ -12,7 +12,7 @@ import requests
 
 from ..platform.db import UNAVAILABLE_ERRORS, Database, query
 from ..platform.loop import Loop
-from ..platform.metrics import POSTGRES_ERRORS, Counter, Gauge
+from ..platform.metrics import POSTGRES_ERRORS, Counter, gauge
 from .addresses import address_problem
 from .signing import sign
 
@@ -22,10 +22,8 @@ log = logging.getLogger(__name__)
 WHATSAPP_RETRYABLE = {1, 2, 4, 17, 80007, 130429, 131000, 131016, 131056, 133004}
 
 DELIVERIES = Counter("chatlink_deliveries_total", "Delivery attempts by result: delivered, retry, failed.", ["result"])
-OUTBOX_BACKLOG = Gauge("chatlink_outbox_backlog", "Pending deliveries, all accounts.", multiprocess_mode="mostrecent")
-OUTBOX_OLDEST_DUE = Gauge(
-    "chatlink_outbox_oldest_due_seconds", "How long the oldest due delivery has waited.", multiprocess_mode="mostrecent"
-)
+OUTBOX_BACKLOG = gauge("chatlink_outbox_backlog", "Pending deliveries, all accounts.")
+OUTBOX_OLDEST_DUE = gauge("chatlink_outbox_oldest_due_seconds", "How long the oldest due delivery has waited.")
 
 
 class Deliverer(Loop):
