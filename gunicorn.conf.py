@@ -65,7 +65,7 @@ def _start_up_problem(exc: Exception) -> str:
     """One line naming the setting behind a failure to reach or prepare a service."""
     first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     if isinstance(exc, redis.RedisError):
-        return f"REDIS_URL: Redis does not answer ({first_line})"
+        return f"REDIS_URL: Redis cannot be used ({first_line})"
     if isinstance(exc, psycopg.Error | migrations.MigrationError):
         return f"DATABASE_URL: cannot prepare the database ({first_line})"
     return first_line  # ServiceUnavailable names what is missing itself
@@ -80,8 +80,6 @@ def on_starting(server):
         database_url, redis_url = localservices.resolve_for_run(
             settings.database_url, settings.redis_url, settings.require_services
         )
-        if not localservices.redis_answers(redis_url):
-            raise redis.ConnectionError(f"no PONG from {chatlink_config.mask_url(redis_url)}")
         settings = dataclasses.replace(settings, database_url=database_url, redis_url=redis_url)
         chatlink_config.install(settings)
         applied = migrations.migrate(settings.database_url)

@@ -169,5 +169,20 @@ def test_visitor_values_cannot_forge_a_line_or_drive_the_terminal(formatter):
 
 
 def test_addresses_are_masked_and_times_are_not():
-    text = logs.hide_addresses("from 198.51.100.7 and 2001:db8::1 and ::1 at 02/Dec/2026:04:03:39 +0000 12:30")
-    assert text == "from [address] and [address] and [address] at 02/Dec/2026:04:03:39 +0000 12:30"
+    text = logs.hide_addresses("from 198.51.100.7 and [2001:db8::1]:80 and ::1 at 02/Dec/2026:04:03:39 +0000 12:30")
+    assert text == "from [address] and [[address]]:80 and [address] at 02/Dec/2026:04:03:39 +0000 12:30"
+    assert logs.hide_addresses("Invalid request from ip=127.0.0.1: bad") == "Invalid request from ip=[address]: bad"
+    assert logs.hide_addresses("06:31:22.993 std::map") == "06:31:22.993 std::map"
+
+
+def test_the_request_id_reaches_the_event_it_caused_and_its_delivery(make_app, settings, auth, receiver):  # noqa: F811
+    app = make_app(settings, trusted_proxies=1)
+    client = app.test_client()
+    hook = client.post("/api/v1/webhooks", headers=auth, json={"url": receiver.url, "events": ["link.created"]})
+    assert hook.status_code == 201
+    created = client.post("/api/v1/links", headers={**auth, "X-Request-Id": "edge-7"}, json={"phone": "+5511987654321"})
+    assert created.status_code == 201 and created.headers["X-Request-Id"] == "edge-7"
+    assert background_for(app).deliverer.deliver_once() == 1
+    [delivery] = receiver.received
+    assert json.loads(delivery["body"])["request_id"] == "edge-7"
+    assert delivery["headers"]["X-Request-Id"] == "edge-7"

@@ -17,7 +17,7 @@ request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 # C0 and C1 control characters and DEL: a CR/LF would start a forged log line, an ESC would drive the terminal.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # Candidates only: ipaddress decides, so that a time such as 2026:04:03:39 is not taken for an IPv6 address.
-_ADDRESS = re.compile(r"(?<![\w:.])(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f:]*:[0-9A-Fa-f:.]*[0-9A-Fa-f.])(?![\w:.])")
+_ADDRESS = re.compile(r"(?<![\w.:])[0-9A-Fa-f.:]*:[0-9A-Fa-f.:]*(?![\w.:])|\b\d{1,3}(?:\.\d{1,3}){3}\b")
 
 
 def escape(text: str) -> str:
@@ -29,11 +29,12 @@ def hide_addresses(text: str) -> str:
     """text with every IPv4/IPv6 address replaced by [address] (gunicorn names clients in its own messages)."""
 
     def mask(match: re.Match) -> str:
+        core = match[0].rstrip(":.")  # "ip=127.0.0.1: Invalid request" ends the address with a colon
         try:
-            ipaddress.ip_address(match[0])
+            ipaddress.ip_address(core)
         except ValueError:
             return match[0]
-        return "[address]"
+        return "[address]" + match[0][len(core) :]
 
     return _ADDRESS.sub(mask, text)
 

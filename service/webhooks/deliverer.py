@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import requests
 
+from ..platform import logs
 from ..platform.db import UNAVAILABLE_ERRORS, Database, query
 from ..platform.loop import Loop
 from ..platform.metrics import POSTGRES_ERRORS, Counter, gauge
@@ -60,6 +61,13 @@ class Deliverer(Loop):
 
     def _attempt(self, row: dict) -> None:
         started = time.monotonic()
+        token = logs.request_id.set(row["payload"].get("request_id"))  # this delivery's log lines name the request
+        try:
+            self._deliver(row, started)
+        finally:
+            logs.request_id.reset(token)
+
+    def _deliver(self, row: dict, started: float) -> None:
         try:
             if row["url"]:
                 delivered, status, error, retryable = self._post_webhook(row)
@@ -101,6 +109,8 @@ class Deliverer(Loop):
             "X-Chatlink-Event-Type": row["event_type"],
             "X-Chatlink-Signature": sign(row["secret"], int(time.time()), body),
         }
+        if row["payload"].get("request_id"):
+            headers["X-Request-Id"] = row["payload"]["request_id"]
         response = self.http.post(row["url"], data=body, headers=headers, timeout=self.timeout, allow_redirects=False)
         ok = 200 <= response.status_code < 300
         # 4xx other than timeouts/throttling mean the receiver refuses this event; keep trying anyway (it may be
