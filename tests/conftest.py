@@ -249,14 +249,15 @@ class LiveServer:
             stdout=log_path.open("wb"),
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60  # generous: the machine is shared, and a loaded one boots workers slowly
         while True:
             try:
-                if requests.get(f"{self.url}/livez", timeout=1).status_code == 200:
+                if requests.get(f"{self.url}/livez", timeout=5).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # no worker has booted yet
                 pass
             if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()  # a server left running would keep serving (and delivering) for later tests
                 raise RuntimeError(f"gunicorn did not start:\n{log_path.read_text()}")
             time.sleep(0.1)
 
