@@ -1,5 +1,6 @@
 """gunicorn settings from the environment, and the one-time start-up steps: find or start services, migrate."""
 
+import atexit
 import dataclasses
 import os
 import shutil
@@ -20,8 +21,10 @@ def _metrics_dir() -> str | None:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
         return None
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="chatlink-metrics-")
-    return os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    created = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="chatlink-metrics-")
+    creator = os.getpid()  # forked workers inherit atexit handlers: only this process removes the folder
+    atexit.register(lambda: os.getpid() == creator and shutil.rmtree(created, ignore_errors=True))
+    return created
 
 
 _created_metrics_dir = _metrics_dir()

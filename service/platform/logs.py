@@ -85,8 +85,9 @@ def dict_config(log_format: str, level: str) -> dict:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "filters": {"context": {"()": Context}},
-        "formatters": {"json": {"()": Json}, "text": {"()": Text}},
+        # Dotted names, not the classes: the benchmark copies this dict into a config file of its own with repr().
+        "filters": {"context": {"()": f"{__name__}.Context"}},
+        "formatters": {"json": {"()": f"{__name__}.Json"}, "text": {"()": f"{__name__}.Text"}},
         "handlers": {
             "stdout": {**handler, "stream": "ext://sys.stdout"},
             "stderr": {**handler, "stream": "ext://sys.stderr"},
