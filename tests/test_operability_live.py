@@ -3,6 +3,7 @@ with request ids, and settings the service cannot run with refused in one line w
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -11,6 +12,7 @@ import pytest
 import requests
 
 from tests.conftest import ROOT
+from tests.test_ledger import _gunicorn_workers
 from tests.test_live import _create
 from tests.test_monitoring import value
 
@@ -112,3 +114,20 @@ def test_a_bad_setting_stops_start_up_in_one_line_with_status_2(database_url, re
     errors = [line for line in result.stderr.splitlines() if not line.startswith("{")]
     assert len(errors) == 1 and named in errors[0] and errors[0].startswith("chatlink: "), result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_a_dead_workers_live_gauges_leave_the_sums(live_server, tmp_path):
+    metrics_dir = tmp_path / "metrics"
+    server = live_server(PROMETHEUS_MULTIPROC_DIR=str(metrics_dir), DRAIN_CLICKS="0", DELIVER_EVENTS="0")
+    [victim, *_] = _gunicorn_workers(server)
+    deadline = time.monotonic() + 30
+    while not (metrics_dir / f"gauge_livesum_{victim}.db").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)  # each worker publishes its pool gauges within a second of booting
+    assert (metrics_dir / f"gauge_livesum_{victim}.db").exists()
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while (metrics_dir / f"gauge_livesum_{victim}.db").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not (metrics_dir / f"gauge_livesum_{victim}.db").exists()  # gunicorn's child_exit: mark_process_dead
+    assert any(metrics_dir.glob(f"counter_{victim}.db"))  # its counters still count
+    assert requests.get(f"{server.url}/metrics", timeout=10).status_code == 200
