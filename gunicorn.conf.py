@@ -16,18 +16,18 @@ import redis
 
 # --- metrics (issue 13): first, because importing `service` imports prometheus-client, which chooses at import
 # time between in-memory values and PROMETHEUS_MULTIPROC_DIR's files shared by every worker and the background process.
-def _metrics_dir() -> str | None:
-    """An empty folder for this master's processes; returns it when it was created here (removed on exit)."""
+# (The one read of os.environ outside config.py: it must happen before config.py can be imported.)
+def _metrics_dir() -> None:
+    """The configured folder, made if missing; else a new temporary one, removed when this process exits."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
-        return None
+        return
     created = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="chatlink-metrics-")
     creator = os.getpid()  # forked workers inherit atexit handlers: only this process removes the folder
     atexit.register(lambda: os.getpid() == creator and shutil.rmtree(created, ignore_errors=True))
-    return created
 
 
-_created_metrics_dir = _metrics_dir()
+_metrics_dir()
 
 from service import config as chatlink_config  # noqa: E402 (after the metrics folder, see above)
 from service.config import ConfigError, load_settings  # noqa: E402
@@ -37,8 +37,6 @@ from service.platform import localservices, logs, migrations  # noqa: E402
 def _refuse(problem: object) -> None:
     """A setting the service cannot start with: one line naming it on stderr, exit status 2, no traceback."""
     print(f"chatlink: {problem}", file=sys.stderr, flush=True)
-    if _created_metrics_dir:
-        shutil.rmtree(_created_metrics_dir, ignore_errors=True)
     sys.exit(2)
 
 
@@ -94,9 +92,7 @@ def on_starting(server):
 # --- metrics (issue 13) --------------------------------------------------------------------------------------------
 def _prepare_metrics_dir() -> None:
     """Forget the files of an earlier run in a configured PROMETHEUS_MULTIPROC_DIR (counters would add up)."""
-    folder = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
-    folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob("*.db"):
+    for stale in Path(settings.prometheus_multiproc_dir).glob("*.db"):
         stale.unlink(missing_ok=True)
 
 
@@ -105,11 +101,6 @@ def child_exit(server, worker):
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
-
-
-def _remove_metrics_dir() -> None:
-    if _created_metrics_dir:
-        shutil.rmtree(_created_metrics_dir, ignore_errors=True)
 
 
 class Background:
@@ -152,4 +143,3 @@ def when_ready(server):
 def on_exit(server):
     """Stop the background process with gunicorn."""
     background.stop()
-    _remove_metrics_dir()
