@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help install lock run test test-fast bench bench-analytics ledger lint fmt migrate rollback api-key revoke-key rotate-secrets
+.PHONY: help install lock run test test-fast bench bench-analytics ledger lint fmt migrate rollback api-key revoke-key rotate-secrets config
 
 help: ## list the tasks
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -72,3 +72,6 @@ revoke-key: install ## revoke the key with KEY_PREFIX=<public id or key>
 
 rotate-secrets: install ## re-encrypt stored webhook secrets and WhatsApp tokens with the first key of SECRETS_KEY
 	@$(PY) -m service.cli rotate-secrets
+
+config: install ## print the effective settings (secrets masked) and where each came from (default/profile/environment)
+	@$(PY) -m service.cli config

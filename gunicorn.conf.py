@@ -1,20 +1,49 @@
 """gunicorn settings from the environment, and the one-time start-up steps: find or start services, migrate."""
 
+import atexit
 import dataclasses
-import logging
-import re
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
+from pathlib import Path
 
-from service import config as chatlink_config
-from service.config import ConfigError, load_settings
-from service.platform import identity, localservices, migrations
+import psycopg
+import redis
+
+
+# --- metrics (issue 13): first, because importing `service` imports prometheus-client, which chooses at import
+# time between in-memory values and PROMETHEUS_MULTIPROC_DIR's files shared by every worker and the background process.
+# (The one read of os.environ outside config.py: it must happen before config.py can be imported.)
+def _metrics_dir() -> None:
+    """The configured folder, made if missing; else a new temporary one, removed when this process exits."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
+        return
+    created = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="chatlink-metrics-")
+    creator = os.getpid()  # forked workers inherit atexit handlers: only this process removes the folder
+    atexit.register(lambda: os.getpid() == creator and shutil.rmtree(created, ignore_errors=True))
+
+
+_metrics_dir()
+
+from service import config as chatlink_config  # noqa: E402 (after the metrics folder, see above)
+from service.config import ConfigError, load_settings  # noqa: E402
+from service.platform import identity, localservices, logs, migrations  # noqa: E402
+
+
+def _refuse(problem: object) -> None:
+    """A setting the service cannot start with: one line naming it on stderr, exit status 2, no traceback."""
+    print(f"chatlink: {problem}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
 
 try:
     settings = load_settings()
 except ConfigError as exc:
-    sys.exit(f"chatlink: {exc}")
+    _refuse(exc)
 
 # Loopback unless BIND says otherwise: the service belongs behind a reverse proxy (deploy/nginx), which guards it
 # from slow clients; gunicorn's gthread workers read request headers with no timeout of their own.
@@ -27,49 +56,55 @@ graceful_timeout = 10
 keepalive = 5
 loglevel = settings.log_level
 errorlog = "-"
-accesslog = "-" if settings.access_log else None
-# No client address (%(h)s) in the access log: raw IPs are never written anywhere.
-access_log_format = '%(t)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms "%(a)s"'
+# JSON (or text) lines for gunicorn and the app alike; the access log is the app's own (platform/observe.py), with
+# route, status, duration and request id, never the client address. Every message has its addresses masked.
+logconfig_dict = logs.dict_config(settings.log_format, settings.log_level)
+accesslog = None
 control_socket_disable = True  # several instances (tests, bench) run side by side; none uses gunicornc
 forwarded_allow_ips = "*" if settings.trusted_proxies else "127.0.0.1"
 
 
-class HideAddresses(logging.Filter):
-    """gunicorn's own messages name client addresses ("Invalid request from ip=…"): mask every address."""
-
-    ADDRESS = re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}\b|\b(?:[0-9a-fA-F]{0,4}:){2,7}[0-9a-fA-F]{0,4}\b")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.msg, record.args = self.ADDRESS.sub("[address]", record.getMessage()), None
-        return True
-
-
-def _hide_addresses(server) -> None:
-    for name in ("gunicorn.error", "gunicorn.access"):
-        for handler in logging.getLogger(name).handlers:
-            handler.addFilter(HideAddresses())
-
-
-def post_fork(server, worker):
-    """Workers log through the handlers they inherited; make sure each carries the address filter."""
-    _hide_addresses(server)
+def _start_up_problem(exc: Exception) -> str:
+    """One line naming the setting behind a failure to reach or prepare a service."""
+    first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if isinstance(exc, redis.RedisError):
+        return f"REDIS_URL: Redis cannot be used ({first_line})"
+    if isinstance(exc, psycopg.Error | migrations.MigrationError):
+        return f"DATABASE_URL: cannot prepare the database ({first_line})"
+    return first_line  # ServiceUnavailable names what is missing itself
 
 
 def on_starting(server):
     """Before any worker forks: resolve PostgreSQL/Redis (configured, local or embedded) and migrate once. The
     resolved settings are installed in this process, so the workers it forks inherit them."""
     global settings
-    _hide_addresses(server)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    database_url, redis_url = localservices.resolve_for_run(
-        settings.database_url, settings.redis_url, settings.require_services
-    )
-    settings = dataclasses.replace(settings, database_url=database_url, redis_url=redis_url)
-    chatlink_config.install(settings)
-    applied = migrations.migrate(settings.database_url)
+    _prepare_metrics_dir()
+    try:
+        database_url, redis_url = localservices.resolve_for_run(
+            settings.database_url, settings.redis_url, settings.require_services
+        )
+        settings = dataclasses.replace(settings, database_url=database_url, redis_url=redis_url)
+        chatlink_config.install(settings)
+        applied = migrations.migrate(settings.database_url)
+    except (localservices.ServiceUnavailable, migrations.MigrationError, psycopg.Error, redis.RedisError) as exc:
+        _refuse(_start_up_problem(exc))
     server.log.info("migrations applied: %s", ", ".join(applied) if applied else "none pending")
     # Read once here, so that every worker inherits it and can start (and serve from Redis) with PostgreSQL down.
     server.log.info("redis keys under %s%s:", settings.key_prefix, identity.namespace(settings.database_url))
+
+
+# --- metrics (issue 13) --------------------------------------------------------------------------------------------
+def _prepare_metrics_dir() -> None:
+    """Forget the files of an earlier run in a configured PROMETHEUS_MULTIPROC_DIR (counters would add up)."""
+    for stale in Path(settings.prometheus_multiproc_dir).glob("*.db"):
+        stale.unlink(missing_ok=True)
+
+
+def child_exit(server, worker):
+    """A worker is gone: drop its live gauges (pool, breaker) from the sums; its counters stay counted."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
 
 
 class Background:

@@ -8,7 +8,7 @@ from pathlib import Path
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import config, health, ratelimit
+from . import config, health, monitoring, openapi, ratelimit
 from .analytics import routes as analytics
 from .clicks.capture import ClickCapture
 from .clicks.pipeline import STAGING_DDL, ClickSink, Spool
@@ -17,7 +17,7 @@ from .leads import routes as leads
 from .links import routes as links
 from .links.slugs import SlugConverter
 from .links.store import LinkCache
-from .platform import errors, identity
+from .platform import errors, identity, metrics, observe
 from .platform.breaker import Breaker
 from .platform.db import Database, app_conninfo
 from .platform.http import MAX_BODY_BYTES
@@ -39,6 +39,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.url_map.converters["slug"] = SlugConverter
     app.config.update(SETTINGS=settings, MAX_CONTENT_LENGTH=MAX_BODY_BYTES, JSON_SORT_KEYS=False)
     logging.getLogger("service").setLevel(settings.log_level.upper())
+    logging.getLogger("chatlink").setLevel(settings.log_level.upper())
 
     # The platform: one pool and one Redis client per process, opened lazily so the app starts without them.
     db = Database(
@@ -84,11 +85,17 @@ def create_app(settings: Settings | None = None) -> Flask:
         }
     )
 
-    for blueprint in (health.bp, links.bp, analytics.bp, leads.api, webhooks.bp, leads.bp):
+    for blueprint in (health.bp, monitoring.bp, links.bp, analytics.bp, leads.api, webhooks.bp, leads.bp):
         app.register_blueprint(blueprint)
+    openapi.init_app(app)
     app.register_blueprint(redirect.bp)  # last: /<slug> must not shadow the fixed paths
+    observe.init_app(app)  # before the limiter, so that a refused request is counted under its route too
     errors.init_app(app)
     ratelimit.init_app(app, settings, redis)
+    metrics.sampler.add("pool", metrics.pool_probe(db.pool))
+    metrics.sampler.add("redis-breaker", redis.sample_breaker)
+    if settings.prometheus_multiproc_dir:  # under gunicorn: every worker publishes its gauges each second
+        metrics.sampler.start()
 
     app.wsgi_app = FastRedirects(app.wsgi_app, redirector)
     if settings.trusted_proxies:  # outermost, so that everything inside sees the client's address
@@ -100,6 +107,10 @@ def create_app(settings: Settings | None = None) -> Flask:
             x_port=0,
             x_prefix=0,
         )
+    # Outermost: the fast path's 302s get a request id, metrics and an access-log line too.
+    app.wsgi_app = observe.Observed(
+        app.wsgi_app, trust_request_id=settings.trusted_proxies > 0, write_access_log=settings.access_log
+    )
     return app
 
 

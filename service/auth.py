@@ -14,6 +14,7 @@ from flask import g, request
 
 from .platform.db import database, query
 from .platform.errors import ApiError
+from .platform.observe import ACCOUNT_ID
 
 # clk_<public id>_<secret>: the fixed prefix lets secret scanners recognise leaked keys; look-up is by the
 # public id so the secret itself is never searched for, only compared in constant time.
@@ -84,7 +85,7 @@ def require_api_key(view: Callable) -> Callable:
 
     @functools.wraps(view)
     def wrapped(*args, **kwargs):
-        g.account_id = authenticate()
+        g.account_id = request.environ[ACCOUNT_ID] = authenticate()  # the access log names the account
         return view(*args, **kwargs)
 
     return wrapped

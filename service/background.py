@@ -15,7 +15,7 @@ from pathlib import Path
 from .clicks.drainer import Drainer
 from .clicks.pipeline import STAGING_DDL, Spool
 from .config import Settings, load_settings
-from .platform import identity
+from .platform import identity, logs
 from .platform.db import Database, app_conninfo
 from .platform.redis import RedisClient
 from .platform.secrets import SecretBox
@@ -78,8 +78,8 @@ class BackgroundWork:
 
 def main() -> None:
     """Run until SIGTERM or SIGINT, then let the current batch finish."""
-    logging.basicConfig(level=logging.INFO, format="[background] %(levelname)s %(message)s")
     settings = load_settings()
+    logs.configure(settings.log_format, settings.log_level)
     work = BackgroundWork.build(settings)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -1,4 +1,4 @@
-"""Command-line tasks: migrate, rollback, api-key, revoke-key, rotate-secrets (run by the Makefile through
+"""Command-line tasks: migrate, rollback, api-key, revoke-key, rotate-secrets, config (run by the Makefile through
 `python -m service.cli`)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import psycopg
 import psycopg.rows
 
 from . import auth
-from .config import ConfigError, Settings, load_settings
+from .config import ConfigError, Settings, describe, load_settings
 from .platform import localservices, migrations
 from .platform.db import query
 from .platform.secrets import SecretBox, SecretsKeyMissing
@@ -51,7 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     revoke = commands.add_parser("revoke-key", help="revoke an API key by its public id or full key")
     revoke.add_argument("key_prefix")
     commands.add_parser("rotate-secrets", help="re-encrypt stored secrets with the first key of SECRETS_KEY")
+    commands.add_parser("config", help="print the effective settings (secrets masked) and where each came from")
     args = parser.parse_args(argv)
+    if args.command == "config":
+        return print_config()
     try:
         settings = load_settings()
         url = owner_url(settings)
@@ -86,6 +89,19 @@ def main(argv: list[str] | None = None) -> int:
     ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def print_config() -> int:
+    """Every setting's effective value, secrets masked, and its source (default, profile, environment)."""
+    try:
+        rows = describe()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    width = max(len(name) for name, _, _ in rows)
+    for name, value, source in rows:
+        print(f"{name:<{width}}  {value or '(empty)'}  [{source}]")
     return 0
 
 

@@ -8,6 +8,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 
+import psycopg
 from cryptography.fernet import Fernet
 from flask import current_app
 from limits import parse_many
@@ -78,10 +79,40 @@ def _text(raw: str) -> str:
     return raw
 
 
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw.lower() not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return raw.lower()
+
+    return parse
+
+
+def _conninfo(raw: str) -> str:
+    if raw:
+        try:
+            psycopg.conninfo.conninfo_to_dict(raw)
+        except psycopg.Error as exc:
+            raise ValueError(f"is not a PostgreSQL URL ({str(exc).splitlines()[0]})") from None
+    return raw
+
+
+def _networks(raw: str) -> str:
+    """A comma-separated list of addresses or networks (CIDR), e.g. 127.0.0.0/8,::1."""
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        try:
+            ipaddress.ip_network(part, strict=False)
+        except ValueError:
+            raise ValueError(f"{part!r} is not an address or network such as 10.0.0.0/8") from None
+    return raw
+
+
 def env(default: str, parse: Callable[[str], object] = _text, doc: str = "", secret: bool = False):
     """Declare a setting: its default (as the environment would spell it), parser and README line; a secret one is
     left out of the settings' repr (tracebacks and test reports print it)."""
-    return field(default=None, repr=not secret, metadata={"default": default, "parse": parse, "doc": doc})
+    return field(
+        default=None, repr=not secret, metadata={"default": default, "parse": parse, "doc": doc, "secret": secret}
+    )
 
 
 @dataclass(frozen=True)
@@ -89,13 +120,13 @@ class Settings:
     """Every knob of the service; the names are the environment variables, lowercased."""
 
     port: int = env("8000", _int(1, 65535), "Port gunicorn listens on.")
-    database_url: str = env("", _text, "PostgreSQL URL of the migrating/owner role; empty = local or embedded.")
+    database_url: str = env("", _conninfo, "PostgreSQL URL of the migrating/owner role; empty = local or embedded.")
     app_database_url: str = env(
         "",
-        _text,
+        _conninfo,
         "URL the service runs with (no tables, no BYPASSRLS); empty = DATABASE_URL as user chatlink_app.",
     )
-    redis_url: str = env("", _text, "Redis URL; empty = local or embedded.")
+    redis_url: str = env("", _url("redis", "rediss", "unix"), "Redis URL; empty = local or embedded.")
     base_url: str = env("", _url("http", "https"), "Public origin for short URLs; empty = http://127.0.0.1:$PORT.")
     trusted_proxies: int = env("0", _int(0, 10), "How many proxies in front append to X-Forwarded-For.")
     key_prefix: str = env("chatlink:", _text, "Prefix of every Redis key the service writes.")
@@ -137,7 +168,23 @@ class Settings:
     worker_threads: int = env("8", _int(1, 64), "Threads per gunicorn worker (gthread).")
     gunicorn_timeout: int = env("30", _int(1, 3600), "Seconds before gunicorn restarts a stuck worker.")
     access_log: bool = env("1", _bool, "Write gunicorn's access log (without client addresses).")
-    log_level: str = env("info", _text, "gunicorn/app log level.")
+    log_level: str = env("info", _choice("debug", "info", "warning", "error", "critical"), "gunicorn/app log level.")
+    # --- issue 13: environment profiles, JSON logs, metrics ---
+    chatlink_env: str = env(
+        "development",
+        _choice("development", "test", "production"),
+        "Profile: production refuses unsafe settings and requires the services (REQUIRE_SERVICES=1).",
+    )
+    log_format: str = env("json", _choice("json", "text"), "json: one JSON object per line; text: for a terminal.")
+    metrics_allow: str = env(
+        "127.0.0.0/8,::1", _networks, "Addresses/networks (CIDR, comma-separated) GET /metrics answers."
+    )
+    metrics_token: str = env(
+        "", _text, "Bearer token that opens GET /metrics from any address; empty = none.", secret=True
+    )
+    prometheus_multiproc_dir: str = env(
+        "", _text, "Where gunicorn's processes keep their metrics; empty = a fresh temporary folder per start."
+    )
     # issue 10 part 2: breakers, the last-resort link cache, the bind address.
     bind: str = env("127.0.0.1", _host, "Address gunicorn listens on (with PORT); keep it behind deploy/nginx.")
     breaker_failures: int = env("3", _int(1, 1000), "Consecutive failures that open a breaker (Redis, PostgreSQL).")
@@ -166,22 +213,85 @@ class Settings:
         """The origin short URLs are built on."""
         return (self.base_url or f"http://127.0.0.1:{self.port}").rstrip("/")
 
+    @property
+    def metrics_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """METRICS_ALLOW parsed."""
+        return tuple(ipaddress.ip_network(p.strip(), strict=False) for p in self.metrics_allow.split(",") if p.strip())
+
+
+# What a profile changes of the defaults (the environment still wins); `make config` shows the source.
+PROFILE_DEFAULTS: dict[str, dict[str, str]] = {"production": {"REQUIRE_SERVICES": "1"}}
+SECRET_SETTINGS = tuple(f.name.upper() for f in fields(Settings) if f.metadata["secret"])
+URL_SETTINGS = ("DATABASE_URL", "APP_DATABASE_URL", "REDIS_URL")
+
+
+def _defaults(environ: Mapping[str, str]) -> dict[str, str]:
+    profile = environ.get("CHATLINK_ENV", "development").strip().lower()
+    return {f.name.upper(): f.metadata["default"] for f in fields(Settings)} | PROFILE_DEFAULTS.get(profile, {})
+
 
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
-    """Read and validate every setting; raise ConfigError naming the first bad variable."""
+    """Read and validate every setting; raise ConfigError naming the first bad variable (or profile rule)."""
     environ = os.environ if environ is None else environ
+    defaults = _defaults(environ)
     values: dict[str, object] = {}
     for f in fields(Settings):
         name = f.name.upper()
         if f.name in overrides:
             values[f.name] = overrides[f.name]
             continue
-        raw = environ.get(name, f.metadata["default"]).strip()
+        raw = environ.get(name, defaults[name]).strip()
         try:
             values[f.name] = f.metadata["parse"](raw)
         except ValueError as exc:
-            raise ConfigError(f"invalid {name}={raw!r}: {exc}") from None
-    return Settings(**values)
+            shown = "(hidden)" if name in SECRET_SETTINGS else repr(mask_url(raw) if name in URL_SETTINGS else raw)
+            raise ConfigError(f"invalid {name}={shown}: {exc}") from None
+    settings = Settings(**values)
+    problem = profile_problem(settings, set(environ) | {name.upper() for name in overrides})
+    if problem:
+        raise ConfigError(f"CHATLINK_ENV=production refuses to start: {problem}")
+    return settings
+
+
+def profile_problem(settings: Settings, given: set[str]) -> str | None:
+    """What makes settings unfit for their profile (only production has rules), or None."""
+    if settings.chatlink_env != "production":
+        return None
+    if not settings.database_url or not settings.redis_url:
+        missing = "DATABASE_URL" if not settings.database_url else "REDIS_URL"
+        return f"{missing} is empty, so a local or embedded server would be used; set it"
+    if not settings.base_url.startswith("https://"):
+        return f"BASE_URL={settings.base_url!r} must be an https:// origin"
+    if "TRUSTED_PROXIES" not in given:
+        return "TRUSTED_PROXIES is unset; say how many proxies are in front (0 when none)"
+    if settings.webhook_allow_private:
+        return "WEBHOOK_ALLOW_PRIVATE=1 lets webhooks reach private addresses"
+    if any(network.prefixlen == 0 for network in settings.metrics_networks):
+        return f"METRICS_ALLOW={settings.metrics_allow!r} opens /metrics to every address; use METRICS_TOKEN"
+    return None
+
+
+def mask_url(url: str) -> str:
+    """url with its password replaced by ***."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def describe(environ: Mapping[str, str] | None = None) -> list[tuple[str, str, str]]:
+    """(variable, effective value with secrets masked, source: default / profile / environment) for `make config`."""
+    environ = os.environ if environ is None else environ
+    settings, defaults = load_settings(environ), _defaults(environ)
+    base = {f.name.upper(): f.metadata["default"] for f in fields(Settings)}
+    rows = []
+    for f in fields(Settings):
+        name, value = f.name.upper(), getattr(settings, f.name)
+        shown = ("1" if value else "0") if isinstance(value, bool) else str(value)
+        if name in SECRET_SETTINGS and shown:
+            shown = "***"
+        elif name in URL_SETTINGS:
+            shown = mask_url(shown)
+        source = "environment" if name in environ else ("profile" if defaults[name] != base[name] else "default")
+        rows.append((name, shown, source))
+    return rows
 
 
 def child_environ(settings: Settings) -> dict[str, str]:

@@ -74,6 +74,7 @@ def init_app(app: Flask, settings: Settings, redis: RedisClient) -> None:
     )(app.view_functions[create])
     limiter.limit(settings.rate_limit_lead)(app.blueprints["leads"])
     limiter.exempt(app.blueprints["health"])
+    limiter.exempt(app.blueprints["metrics"])
     limiter.exempt(app.blueprints["redirect"])  # RedirectLimits counts those, in the redirect's own script
     # Not dead: the limits it decorated views with hold only a weak reference to it, and a disabled limiter
     # (RATE_LIMITS_ENABLED=0) does not register itself in app.extensions["limiter"]; this keeps it alive.

@@ -21,6 +21,7 @@ from service.auth import issue_key
 from service.background import BackgroundWork
 from service.config import load_settings
 from service.platform import localservices, migrations
+from tests.receivers import FakeCloudApi, WebhookReceiver
 from tests.support import drop_database, free_port, wait_until_serving
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -253,7 +254,11 @@ class LiveServer:
             stdout=log_path.open("wb"),
             stderr=subprocess.STDOUT,
         )
-        wait_until_serving(self.url, self.process, 30, log_path, "gunicorn")
+        try:  # generous: the machine is shared, and a loaded one boots workers slowly
+            wait_until_serving(self.url, self.process, 60, log_path, "gunicorn")
+        except RuntimeError:
+            self.stop()  # a server left running would keep serving (and delivering) for later tests
+            raise
 
     def log(self) -> str:
         return self.log_path.read_text()
@@ -288,3 +293,28 @@ def live_server(database_url, redis_url, key_prefix, tmp_path):
     yield start
     for server in servers:
         server.stop()
+
+
+# --- local peers for the webhook and WhatsApp tests (tests/webhooks/, test_monitoring.py) -------------------------
+def _running(server):
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def receiver():
+    """A webhook receiver on loopback, started for one test."""
+    yield from _running(WebhookReceiver())
+
+
+@pytest.fixture
+def cloud_api():
+    """A WhatsApp Cloud API stand-in on loopback, started for one test."""
+    yield from _running(FakeCloudApi())
+
+
+@pytest.fixture
+def events_app(make_app, settings, cloud_api):
+    """An app whose WhatsApp calls go to the stand-in, and whose lead forms may be sent at once."""
+    return make_app(settings, lead_min_fill_seconds=0, whatsapp_api_base=f"{cloud_api.url}/v21.0")

@@ -120,9 +120,9 @@ def wait_until_serving(url: str, process, seconds: float, log: Path, what: str) 
     deadline = time.monotonic() + seconds
     while True:
         try:
-            if requests.get(f"{url}/livez", timeout=1).status_code == 200:
+            if requests.get(f"{url}/livez", timeout=5).status_code == 200:
                 return
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # no worker has booted yet
             pass
         if process.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"{what} did not start:\n{log.read_text()}")

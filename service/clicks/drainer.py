@@ -14,10 +14,18 @@ import redis
 
 from ..platform.db import UNAVAILABLE_ERRORS, Database
 from ..platform.loop import Loop
+from ..platform.metrics import POSTGRES_ERRORS, REDIS_ERRORS, Counter, gauge
 from ..platform.redis import RedisClient
 from .pipeline import Spool, ingest, stream_key, to_row
 
 log = logging.getLogger(__name__)
+
+CLICKS_DRAINED = Counter("chatlink_clicks_drained_total", "Click entries moved from the Redis stream to PostgreSQL.")
+# Read by the background process about once a second; the most recent value wins across processes.
+STREAM_LENGTH = gauge("chatlink_click_stream_length", "Clicks in the Redis stream.")
+STREAM_PENDING = gauge("chatlink_click_stream_pending", "Clicks read by a drainer but not acknowledged.")
+DRAIN_LAG = gauge("chatlink_click_drain_lag_seconds", "Age of the oldest click not yet drained.")
+SPOOL_BYTES = gauge("chatlink_click_spool_bytes", "Bytes of clicks waiting in the local spool.")
 
 
 class Drainer(Loop):
@@ -140,7 +148,22 @@ class Drainer(Loop):
             pipe.execute()
         if dead:
             log.error("%d click entries could not be stored; kept in %s", len(dead), self.dead_letters)
+        CLICKS_DRAINED.inc(len(ids))
         return len(ids)
+
+    def observe(self) -> None:
+        """The stream's length, its pending entries, the oldest click's age and the spool's size, for /metrics."""
+        self.ensure_group()
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xlen(self.stream)
+            pipe.xpending(self.stream, self.GROUP)
+            pipe.xrange(self.stream, count=1)
+            length, pending, oldest = pipe.execute()
+        STREAM_LENGTH.set(length)
+        STREAM_PENDING.set(pending["pending"])
+        # A stream entry's id starts with the millisecond it was added at: the oldest one's age is the drain lag.
+        DRAIN_LAG.set(max(0.0, time.time() - int(oldest[0][0].split("-")[0]) / 1000) if oldest else 0.0)
+        SPOOL_BYTES.set(self.spool.size())
 
     def pending(self) -> int:
         """Entries in the stream not yet moved (read or not)."""
@@ -149,9 +172,12 @@ class Drainer(Loop):
     # --- the background thread ----------------------------------------------------------------------------
     def run(self) -> None:
         """Until stopped: one step after another, waiting when there is nothing to do."""
-        last_maintenance = last_reclaim = 0.0
+        last_maintenance = last_reclaim = last_observed = 0.0
         while not self.stopping.is_set():
             now = time.monotonic()
+            if now - last_observed >= 1.0:
+                self._guarded(self.observe)
+                last_observed = now
             # Each step on its own: a failing one (a dead PostgreSQL for the spool) must not stop the others.
             if now - last_maintenance > 3600 and self._guarded(self.maintain):
                 last_maintenance = now
@@ -175,6 +201,7 @@ class Drainer(Loop):
             return step() or 0
         except (redis.RedisError, *UNAVAILABLE_ERRORS) as exc:
             log.warning("click drainer waiting for its dependencies: %s", type(exc).__name__)
+            (REDIS_ERRORS if isinstance(exc, redis.RedisError) else POSTGRES_ERRORS).labels("drainer").inc()
             self._group_ready = False
         except Exception:
             log.exception("click drainer step failed; retrying")

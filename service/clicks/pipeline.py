@@ -21,9 +21,11 @@ import ua_parser
 from flask import current_app
 
 from ..platform.db import UNAVAILABLE_ERRORS, Database
+from ..platform.metrics import Counter
 from ..platform.redis import RedisClient
 
 log = logging.getLogger(__name__)
+CLICKS_DROPPED = Counter("chatlink_clicks_dropped_total", "Clicks no store could take (Redis, PostgreSQL, spool).")
 
 UTM_FIELDS = ("utm_source", "utm_medium", "utm_campaign", "utm_content", "utm_term")
 # A stored click: the columns of `clicks`, in table order, with their SQL types. Everything else is derived.
@@ -147,6 +149,16 @@ class Spool:
             finally:
                 os.close(fd)
 
+    def size(self) -> int:
+        """Bytes of clicks waiting in the spool (files not yet drained or being drained)."""
+        if not self.directory.exists():
+            return 0
+        total = 0
+        for path in self.directory.glob("clicks-*"):
+            with contextlib.suppress(FileNotFoundError):
+                total += path.stat().st_size
+        return total
+
     def drain(self, db: Database) -> int:
         """Move every spooled click into PostgreSQL; a file is removed only after its rows are committed."""
         if not self.directory.exists():
@@ -197,6 +209,7 @@ class ClickSink:
                 return "spool"
             except OSError:
                 self.dropped += 1
+                CLICKS_DROPPED.inc()
                 log.error("click %s dropped: PostgreSQL, Redis and the spool directory all failed", click["id"])
                 return "dropped"
 

@@ -10,6 +10,7 @@ from psycopg.types.json import Jsonb
 
 from ..clicks.pipeline import UTM_FIELDS
 from ..platform.db import Database, query
+from ..platform.metrics import Counter
 from ..webhooks import events
 
 # A lead as the API shows it (and the CSV export's columns).
@@ -27,6 +28,9 @@ LEAD_FIELDS = (
     "country",
     *UTM_FIELDS,
 )
+
+
+LEADS_CREATED = Counter("chatlink_leads_created_total", "Leads stored from public forms.")
 
 
 def capture_lead(
@@ -48,6 +52,8 @@ def capture_lead(
             "payload": Jsonb(event),
         },
     )
+    if row["lead_id"] is not None:
+        LEADS_CREATED.inc()
     return row["lead_id"]
 
 

@@ -10,6 +10,7 @@ from flask_limiter.errors import RateLimitExceeded
 from werkzeug.exceptions import HTTPException
 
 from .db import UNAVAILABLE_ERRORS
+from .metrics import POSTGRES_ERRORS, REDIS_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,7 @@ def init_app(app: Flask) -> None:
 
     def _database_down(exc: Exception) -> Response:
         log.warning("database unavailable: %s", type(exc).__name__)
+        POSTGRES_ERRORS.labels("api").inc()
         return unavailable("The database is not answering; retry shortly.").response()
 
     for error_class in UNAVAILABLE_ERRORS:
@@ -119,6 +121,7 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(redis.RedisError)
     def _cache_down(exc: Exception) -> Response:
         log.warning("redis unavailable: %s", type(exc).__name__)
+        REDIS_ERRORS.labels("api").inc()
         return unavailable("The cache is not answering; retry shortly.").response()
 
     @app.after_request

@@ -16,6 +16,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .breaker import Breaker
+from .metrics import REDIS_BREAKER_OPEN, REDIS_ERRORS
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -248,8 +249,15 @@ class RedisClient:
 
     def _failed(self, exc: Exception) -> None:
         self.breaker.failure(exc)
+        REDIS_ERRORS.labels("app").inc()
+        if not self.breaker.available:
+            REDIS_BREAKER_OPEN.set(1)
         if isinstance(exc, redis.TimeoutError | redis.ConnectionError):
             self.client.connection_pool.disconnect()  # close half-read connections of a hung server
+
+    def sample_breaker(self) -> None:
+        """Publish the breaker's state (a metrics probe)."""
+        REDIS_BREAKER_OPEN.set(0 if self.available else 1)
 
     def ping(self) -> bool:
         """PING, bypassing the breaker (for health checks)."""

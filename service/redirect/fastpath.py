@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from ..links import slugs
+from ..platform.observe import ROUTE, ROUTE_GROUP
 from .resolver import Outcome, Redirector
 
 OUTCOME = "chatlink.redirect_outcome"  # the environ key the fast path hands its outcome (or error) to Flask under
@@ -32,6 +33,7 @@ class FastRedirects:
                     environ[OUTCOME] = exc
                     return self.app(environ, start_response)
                 if outcome.status == 302:
+                    environ[ROUTE_GROUP], environ[ROUTE] = "redirect", "/<slug>"
                     start_response("302 Found", [*redirect_headers(outcome), ("Content-Length", "0")])
                     return [b""]
                 environ[OUTCOME] = outcome

@@ -18,11 +18,21 @@ from ..links import slugs
 from ..links.model import Link
 from ..links.store import LinkCache, find_for_redirect
 from ..platform.db import UNAVAILABLE_ERRORS, Database
+from ..platform.metrics import POSTGRES_ERRORS, Counter
 from ..platform.redis import RedisClient, RedisDown
 from .limits import ClientLimits, RedirectLimits
 
 log = logging.getLogger(__name__)
 SCRIPT = (Path(__file__).parent / "resolve.lua").read_text()
+
+REDIRECTS = Counter("chatlink_redirects_total", "GET /<slug> answers by outcome.", ["outcome"])
+LINK_CACHE = Counter("chatlink_link_cache_requests_total", "Redirect look-ups in Redis by result.", ["result"])
+# Bound once: labels() costs a lock and a dictionary look-up the redirect need not pay per request.
+_BY_STATUS = {status: REDIRECTS.labels(name) for status, name in ((302, "redirect"), (200, "form"))} | {
+    status: REDIRECTS.labels(str(status)) for status in (404, 410, 429, 503)
+}
+_CACHE_HIT, _CACHE_MISS = LINK_CACHE.labels("hit"), LINK_CACHE.labels("miss")
+_POSTGRES_ERRORS = POSTGRES_ERRORS.labels("redirect")
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +108,12 @@ class Redirector:
         self._click_counter_prefix = redis.key("clickcount:")
 
     def resolve(self, slug: str, environ: dict) -> Outcome:
-        """The outcome of GET /<slug> for this request, with its click recorded when it is one."""
+        """The outcome of GET /<slug> for this request, with its click recorded when it is one (and counted)."""
+        outcome = self._decide(slug, environ)
+        _BY_STATUS[outcome.status].inc()
+        return outcome
+
+    def _decide(self, slug: str, environ: dict) -> Outcome:
         # 1. Refuse what cannot be a slug before any I/O.
         slug = slugs.normalize(slug)
         if not slugs.could_exist(slug):
@@ -118,9 +133,11 @@ class Redirector:
 
         # 4. On a miss, one PostgreSQL read; then the same script fills the cache and queues the click.
         if resolution.verdict in ("miss", "seed"):
+            _CACHE_MISS.inc()
             try:
                 link, clicks = find_for_redirect(self.db, slug)
             except (psycopg.Error, *UNAVAILABLE_ERRORS) as exc:  # down, or refusing (e.g. mid-failover)
+                _POSTGRES_ERRORS.inc()
                 if resolution.verdict == "miss":
                     log.warning("redirect of an uncached link while PostgreSQL is down: %s", type(exc).__name__)
                     return UNAVAILABLE
@@ -135,6 +152,8 @@ class Redirector:
                     resolution = self._run_script(slug, click_json, bot, client, fill=(link, clicks))
                 except RedisDown:
                     resolution = Resolution(self._verdict_from_postgres(link, clicks, click, bot), link)
+        elif resolution.verdict != "rate":
+            _CACHE_HIT.inc()
         return self._remembered(slug, _outcome(resolution, click))
 
     def _remembered(self, slug: str, outcome: Outcome) -> Outcome:
@@ -187,8 +206,10 @@ class Redirector:
         try:
             link, clicks = find_for_redirect(self.db, slug)
         except UNAVAILABLE_ERRORS as exc:
+            _POSTGRES_ERRORS.inc()
             return self._last_resort(slug, click, exc)
         except psycopg.Error as exc:  # PostgreSQL answered, with an error: not a state for the last resort
+            _POSTGRES_ERRORS.inc()
             log.warning("redirect with Redis down and PostgreSQL refusing: %s", type(exc).__name__)
             return UNAVAILABLE
         return self._remembered(

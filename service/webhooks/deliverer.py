@@ -14,8 +14,11 @@ from datetime import UTC, datetime, timedelta
 
 import requests
 
+from ..platform import logs
 from ..platform.db import UNAVAILABLE_ERRORS, Database, query
 from ..platform.loop import Loop
+from ..platform.metrics import POSTGRES_ERRORS, gauge
+from ..platform.metrics import Counter as MetricCounter
 from ..platform.secrets import SecretBox, SecretsKeyMissing
 from . import pinned
 from .addresses import RefusedAddress, resolve
@@ -25,6 +28,12 @@ log = logging.getLogger(__name__)
 # Cloud API error codes worth retrying: throttling and temporary failures. Anything else (bad token 190,
 # unknown template 132001, invalid parameter 100, …) will not fix itself and fails at once.
 WHATSAPP_RETRYABLE = {1, 2, 4, 17, 80007, 130429, 131000, 131016, 131056, 133004}
+
+DELIVERIES = MetricCounter(
+    "chatlink_deliveries_total", "Delivery attempts by result: delivered, retry, failed.", ["result"]
+)
+OUTBOX_BACKLOG = gauge("chatlink_outbox_backlog", "Pending deliveries, all accounts.")
+OUTBOX_OLDEST_DUE = gauge("chatlink_outbox_oldest_due_seconds", "How long the oldest due delivery has waited.")
 
 
 class Breakers:
@@ -144,7 +153,15 @@ class Deliverer(Loop):
         return f"webhook:{row['webhook_id']}" if row["webhook_id"] else f"whatsapp:{row['account_id']}"
 
     def _attempt(self, row: dict) -> None:
-        """One attempt, always ending in a recorded result (delivered, retry later, or failed)."""
+        """One attempt, always ending in a recorded result (delivered, retry later, or failed); its log lines name
+        the request that caused the event."""
+        token = logs.request_id.set(row["payload"].get("request_id"))
+        try:
+            self._deliver(row)
+        finally:
+            logs.request_id.reset(token)
+
+    def _deliver(self, row: dict) -> None:
         endpoint = self._endpoint(row)
         if not self.breakers.allows(endpoint):
             return  # not an attempt: the row stays leased and comes back when the lease ends
@@ -176,6 +193,7 @@ class Deliverer(Loop):
         if not delivered and retryable and attempts < self.max_attempts:
             delay = min(self.retry_base * 2 ** (attempts - 1), 3600) * random.uniform(0.8, 1.2)  # noqa: S311
             retry_at = datetime.now(UTC) + timedelta(seconds=delay)
+        DELIVERIES.labels("delivered" if delivered else ("retry" if retry_at else "failed")).inc()
         with self.db.connection() as conn:
             query(
                 conn,
@@ -203,6 +221,8 @@ class Deliverer(Loop):
             "X-Chatlink-Event-Type": row["event_type"],
             "X-Chatlink-Signature": sign(self.box.open(row["secret"]), int(time.time()), body),
         }
+        if row["payload"].get("request_id"):
+            headers["X-Request-Id"] = row["payload"]["request_id"]
         status = pinned.post(target, body, headers, self.timeout)
         ok = 200 <= status < 300
         # 4xx other than timeouts/throttling mean the receiver refuses this event; keep trying anyway (it may be
@@ -248,16 +268,29 @@ class Deliverer(Loop):
         retryable = response.status_code >= 500 or response.status_code == 429 or code in WHATSAPP_RETRYABLE
         return False, response.status_code, f"code {code}: {message}", retryable
 
+    def observe(self) -> None:
+        """The outbox's backlog and the age of its oldest due delivery, for /metrics."""
+        with self.db.connection() as conn:
+            stats = query(conn, "outbox_stats").fetchone()
+        OUTBOX_BACKLOG.set(stats["backlog"])
+        OUTBOX_OLDEST_DUE.set(stats["oldest_due_seconds"])
+
     def run(self) -> None:
-        """Until stopped: keep the senders busy, leasing one row per account at a time (round-robin)."""
+        """Until stopped: keep the senders busy, leasing one row per account at a time (round-robin), and publish
+        the outbox's figures every few seconds."""
+        last_observed = 0.0
         while not self.stopping.is_set():
             try:
+                if time.monotonic() - last_observed >= 5:
+                    last_observed = time.monotonic()
+                    self.observe()
                 if not self.dispatch():
                     # Nothing due or no free sender: wait for a sender to finish, or a second for new rows.
                     self._slot_freed.wait(1)
                     self._slot_freed.clear()
             except UNAVAILABLE_ERRORS as exc:
                 log.warning("outbox deliverer waiting for PostgreSQL: %s", type(exc).__name__)
+                POSTGRES_ERRORS.labels("deliverer").inc()
                 self.stopping.wait(2)
             except Exception:
                 log.exception("outbox deliverer failed; retrying")

@@ -8,18 +8,23 @@ from datetime import UTC, datetime
 
 import psycopg
 
+from ..platform import logs
 from ..platform.db import query
 
 EVENTS = ("lead.created", "link.created")
 
 
 def _event(event_type: str, data: dict, created_at: str | None = None) -> dict:
-    return {
+    event = {
         "id": str(uuid.uuid4()),
         "type": event_type,
         "created_at": created_at or datetime.now(UTC).isoformat(),
         "data": data,
     }
+    request_id = logs.request_id.get()
+    if request_id:  # the request that caused the event: its logs and the delivery's carry the same id
+        event["request_id"] = request_id
+    return event
 
 
 def link_created(link: dict) -> dict:

@@ -64,3 +64,7 @@ select * from claim_deliveries(%(limit)s, %(lease)s, %(per_account)s, %(busy)s::
 -- name: finish_delivery
 -- Record an attempt: delivered, retry later, or failed for good (SECURITY DEFINER narrow path).
 select finish_delivery(%(id)s, %(delivered)s, %(status)s, %(error)s, %(duration_ms)s, %(retry_at)s);
+
+-- name: outbox_stats
+-- Pending deliveries across accounts and the age of the oldest due one, for /metrics (narrow path).
+select backlog, oldest_due_seconds from outbox_stats();
