@@ -67,7 +67,7 @@ def health() -> Response:
             entry["output"] = error
         checks[name] = [entry]
     # This process's count of clicks no store could take (Redis, PostgreSQL and the spool all failed).
-    dropped = click_sink().dropped
+    dropped = click_sink().dropped.value()
     checks["clicks:dropped"] = [
         {"componentType": "component", "observedValue": dropped, "status": "pass" if dropped == 0 else "warn"}
     ]

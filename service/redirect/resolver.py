@@ -42,7 +42,8 @@ UNAVAILABLE = Outcome(503)
 
 @dataclass(frozen=True, slots=True)
 class Resolution:
-    """The verdict on a link for one request: miss | unknown | rate | ok | gone | limit | seed, the link when known."""
+    """The verdict on a link for one request: miss | unknown | rate | ok | ok-unrecorded (no store took the click) |
+    gone | limit | seed, the link when known."""
 
     verdict: str
     link: Link | None = None
@@ -153,8 +154,8 @@ class Redirector:
             return "gone"
         if click and not bot and link.max_clicks is not None and clicks >= link.max_clicks:
             return "limit"
-        if click:
-            self.sink.write(click, link.id, link.account_id)
+        if click and self.sink.write(click, link.id, link.account_id) not in self.sink.STORED:
+            return "ok-unrecorded"  # no store took the click: the visitor gets the 302 without a click id
         return "ok"
 
 
@@ -166,7 +167,8 @@ def _outcome(resolution: Resolution, click: dict | None) -> Outcome:
         return NOT_FOUND
     if verdict in ("gone", "limit"):
         return Outcome(410, link, gone_reason=link.gone_reason() or "out of clicks")
-    return Outcome(200 if link.lead_form else 302, link, click["id"] if click else None)
+    recorded = click is not None and verdict != "ok-unrecorded"
+    return Outcome(200 if link.lead_form else 302, link, click["id"] if recorded else None)
 
 
 def redirector() -> Redirector:
