@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help install lock run test test-fast bench ledger lint fmt migrate rollback api-key revoke-key
+.PHONY: help install lock run test test-fast bench ledger lint fmt migrate rollback api-key revoke-key replay-dead
 
 help: ## list the tasks
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -62,3 +62,6 @@ api-key: install ## print a new API key for ACCOUNT=<name> (creates the account)
 revoke-key: install ## revoke the key with KEY_PREFIX=<public id or key>
 	@test -n "$(KEY_PREFIX)" || { echo "usage: make revoke-key KEY_PREFIX=<prefix>" >&2; exit 2; }
 	@$(PY) -m service.cli revoke-key "$(KEY_PREFIX)"
+
+replay-dead: install ## move dead-lettered clicks (stream <KEY_PREFIX>clicks:dead, SPOOL_DIR/dead) back onto the click stream
+	$(PY) -m service.cli replay-dead

@@ -1,15 +1,23 @@
-"""Command-line tasks: migrate, rollback, api-key, revoke-key (run by the Makefile through `python -m service.cli`)."""
+"""Command-line tasks: migrate, rollback, api-key, revoke-key, replay-dead (run by the Makefile through
+`python -m service.cli`)."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+from pathlib import Path
 
 import psycopg
+from redis import RedisError
 
 from . import auth
+from .clicks.drainer import Drainer
+from .clicks.pipeline import Spool
 from .config import ConfigError, Settings, load_settings
 from .platform import localservices, migrations
+from .platform.db import Database
+from .platform.redis import RedisClient
 
 
 def owner_url(settings: Settings) -> str:
@@ -19,6 +27,19 @@ def owner_url(settings: Settings) -> str:
     server, _ = localservices.server_url(localservices.DATA_DIR, settings.require_services)
     localservices.create_database(server, "chatlink")
     return localservices.with_database(server, "chatlink")
+
+
+def replay_dead(settings: Settings) -> int:
+    """Move the dead letters of REDIS_URL/KEY_PREFIX and SPOOL_DIR back onto the click stream; return how many."""
+    redis_url = settings.redis_url or localservices.redis_url(localservices.DATA_DIR, settings.require_services)[0]
+    redis = RedisClient.from_settings(dataclasses.replace(settings, redis_url=redis_url))
+    db = Database("", size=1, timeout_ms=settings.db_timeout_ms)  # never opened: replaying needs no PostgreSQL
+    drainer = Drainer(redis, db, Spool(Path(settings.spool_dir)), batch=settings.drain_batch, reclaim_idle_ms=1000)
+    try:
+        return drainer.replay_dead()
+    finally:
+        drainer.redis.close()
+        redis.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,9 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     key.add_argument("account")
     revoke = commands.add_parser("revoke-key", help="revoke an API key by its public id or full key")
     revoke.add_argument("key_prefix")
+    commands.add_parser("replay-dead", help="move dead-lettered clicks back onto the click stream (after a fix)")
     args = parser.parse_args(argv)
     try:
-        url = owner_url(load_settings())
+        settings = load_settings()
+        if args.command == "replay-dead":
+            print(f"replayed: {replay_dead(settings)} dead letters onto the click stream")
+            return 0
+        url = owner_url(settings)
         if args.command == "migrate":
             applied = migrations.migrate(url)
             print("applied: " + ", ".join(applied) if applied else "nothing to apply")
@@ -53,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"no live key with public id '{public_id}'", file=sys.stderr)
                     return 1
             print(f"revoked key {public_id}")
-    except (ConfigError, migrations.MigrationError, localservices.ServiceUnavailable, psycopg.Error) as exc:
+    except (ConfigError, migrations.MigrationError, localservices.ServiceUnavailable, psycopg.Error, RedisError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

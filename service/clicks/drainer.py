@@ -15,7 +15,7 @@ import redis
 from ..platform.db import UNAVAILABLE_ERRORS, Database, is_row_error
 from ..platform.loop import Loop
 from ..platform.redis import RedisClient
-from .pipeline import Spool, ingest, stream_key, to_row
+from .pipeline import Spool, ingest, stream_key, to_row, unframe
 
 log = logging.getLogger(__name__)
 
@@ -194,20 +194,26 @@ class Drainer(Loop):
         return len(ids)
 
     def replay_dead(self) -> int:
-        """Move every dead letter back onto the click stream (after a fix); return how many. Each entry is added
-        to the stream before it is deleted from the dead letters, and the insert ignores repeats, so running it
-        twice, or after a crash in between, stores nothing twice."""
+        """Move every dead letter back onto the click stream (after a fix): the stream's and the spool's refused
+        records; return how many. Each is added to the stream before it leaves the dead letters, and the insert
+        ignores repeats, so running it twice, or again after a crash in between, stores nothing twice."""
         self.ensure_group()
         replayed, cursor = 0, "-"
-        while True:
-            entries = self.redis.xrange(self.dead_letters, min=cursor, count=self.batch)
-            if not entries:
-                return replayed
+        while entries := self.redis.xrange(self.dead_letters, min=cursor, count=self.batch):
             for entry_id, fields in entries:
                 self.redis.xadd(self.stream, {k: v for k, v in fields.items() if k != "error"})
                 self.redis.xdel(self.dead_letters, entry_id)
                 replayed += 1
             cursor = "(" + entries[-1][0]
+        for path in sorted(self.spool.dead.glob("refused-*.jsonl")):
+            for line in path.read_bytes().splitlines():
+                entry = unframe(line)
+                if entry is not None:
+                    link_id, account_id = entry.pop("l"), entry.pop("a")
+                    self.redis.xadd(self.stream, {"d": json.dumps(entry), "l": link_id, "a": account_id})
+                    replayed += 1
+            path.unlink()
+        return replayed
 
     def pending(self) -> int:
         """Entries in the stream not yet moved (read or not)."""

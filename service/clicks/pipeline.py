@@ -129,7 +129,7 @@ def _frame(entry: dict) -> bytes:
     return b"%08x %s\n" % (zlib.crc32(body), body)
 
 
-def _unframe(line: bytes) -> dict | None:
+def unframe(line: bytes) -> dict | None:
     """The entry of one spool record, or None when the record is damaged (torn, merged, altered)."""
     crc, _, body = line.partition(b" ")
     try:
@@ -279,7 +279,7 @@ class Spool:
             return 0  # another drainer finished it
         entries, damaged = [], []
         for line in lines:
-            entry = _unframe(line)
+            entry = unframe(line)
             if entry is None:
                 damaged.append(line)
             else:
