@@ -117,6 +117,13 @@ class Settings:
     gunicorn_timeout: int = env("30", _int(1, 3600), "Seconds before gunicorn restarts a stuck worker.")
     access_log: bool = env("1", _bool, "Write gunicorn's access log (without client addresses).")
     log_level: str = env("info", _text, "gunicorn/app log level.")
+    # issue 10 (part 1): health thresholds
+    health_heartbeat_seconds: int = env(
+        "10", _int(2, 3600), "/health warns when the background process's heartbeat (every 1 s) is older than this."
+    )
+    health_drain_lag_seconds: int = env(
+        "60", _int(1, 86400), "/health warns when the oldest click not yet drained from Redis is older than this."
+    )
     require_services: bool = env(
         "0", _bool, "1: never start embedded PostgreSQL/Redis; fail when the local ones do not answer (CI)."
     )

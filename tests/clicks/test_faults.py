@@ -212,6 +212,7 @@ def test_a_full_spool_tears_no_record_and_every_click_id_given_is_stored(
             redis_url=f"redis://127.0.0.1:{dead_port}/0",
             rate_limits_enabled=False,
             spool_dir=str(spool_dir),
+            db_timeout_ms=300,
         )
         client = app.test_client()
         responses = [client.get(f"/{link['slug']}", headers={"User-Agent": f"visitor/{i}"}) for i in range(400)]
@@ -229,3 +230,18 @@ def test_a_full_spool_tears_no_record_and_every_click_id_given_is_stored(
     assert json.loads(app.test_client().get("/health").data)["checks"]["clicks:dropped"][0]["observedValue"] == (
         without_id
     )
+
+
+def test_spool_appends_on_a_full_disk_are_whole_or_absent(tiny_tmpfs):
+    spool = pipeline.Spool(tiny_tmpfs / "spool")
+    written, refused = [], 0
+    for i in range(600):  # records of different sizes, so that the last ones cross a page the disk cannot give
+        click = _record(str(uuid.uuid4()), 1, 1) | {"ua": "x" * (50 + i * 7 % 400)}
+        try:
+            spool.append(click, 1, 1)
+            written.append(click["id"])
+        except OSError:
+            refused += 1
+    assert written and refused  # the disk filled up part way
+    records = [line for line in spool.path.read_bytes().split(b"\n") if line]
+    assert [pipeline.unframe(line)["id"] for line in records] == written  # every record whole, none torn
