@@ -24,6 +24,11 @@ class Loop:
         self._thread = threading.Thread(target=self.run, name=self.thread_name, daemon=True)
         self._thread.start()
 
+    @property
+    def alive(self) -> bool:
+        """True while the loop's thread runs."""
+        return self._thread is not None and self._thread.is_alive()
+
     def stop(self) -> None:
         """Ask the loop to end and wait (bounded) for the step in progress to finish."""
         self.stopping.set()
