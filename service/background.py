@@ -17,9 +17,9 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import config
 from .clicks.drainer import Drainer
 from .clicks.pipeline import STAGING_DDL, Spool
-from . import config
 from .config import Settings, load_settings
 from .health import HEARTBEAT_FILE
 from .platform.db import Database, app_conninfo

@@ -140,7 +140,9 @@ def health() -> Response:
             pg_up and not pg["read_only"],
             None,
             pg_up and not pg["read_only"],
-            None if not pg_up else ("standby (in recovery)" if pg["standby"] else "read-only" if pg["read_only"] else None),
+            None
+            if not pg_up
+            else ("standby (in recovery)" if pg["standby"] else "read-only" if pg["read_only"] else None),
         ),
         "redis:connection": _check(
             "datastore", rd["latency"] if redis_up else None, "ms", redis_up, None if redis_up else rd, down

@@ -13,14 +13,21 @@ import requests
 pytestmark = pytest.mark.live
 
 
-def _backgrounds(master_pid: int) -> list[psutil.Process]:
-    """Every background process of this master, its children or orphans it left (by the --parent argument)."""
+def _backgrounds(server) -> list[psutil.Process]:
+    """Every background process of this test's server, a child or an orphan it left (found by the KEY_PREFIX and
+    SPOOL_DIR of its environment, which are this test's own)."""
     found = []
     for process in psutil.process_iter(["cmdline", "status"]):
-        cmdline = process.info["cmdline"] or []
-        if "service.background" in cmdline and str(master_pid) in cmdline:
-            if process.info["status"] != psutil.STATUS_ZOMBIE:
-                found.append(process)
+        if "service.background" not in (process.info["cmdline"] or []):
+            continue
+        if process.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        try:
+            environ = process.environ()
+        except (psutil.AccessDenied, psutil.NoSuchProcess):
+            continue
+        if environ.get("SPOOL_DIR") == server.spool_dir and environ.get("KEY_PREFIX") == server.key_prefix:
+            found.append(process)
     return found
 
 
@@ -34,7 +41,7 @@ def _wait_for(predicate, seconds: float, step: float = 0.05):
 
 
 def _one_background(server, seconds: float = 20) -> int:
-    found = _wait_for(lambda: _backgrounds(server.process.pid), seconds)
+    found = _wait_for(lambda: _backgrounds(server), seconds)
     assert len(found) == 1, found
     return found[0].pid
 
@@ -48,13 +55,13 @@ def test_the_background_process_is_restarted_within_2_s_every_time_exactly_one_r
             os.kill(pid, signal.SIGKILL)
             kills += 1
             killed_at = time.monotonic()
-            new = _wait_for(lambda: [p.pid for p in _backgrounds(server.process.pid) if p.pid != pid], 2, 0.01)
+            new = _wait_for(lambda s=server, old=pid: [p.pid for p in _backgrounds(s) if p.pid != old], 2, 0.01)
             assert new, f"start {start}: not restarted within 2 s"
             assert time.monotonic() - killed_at < 2
             time.sleep(0.3)  # a second one would have appeared by now
-            assert [p.pid for p in _backgrounds(server.process.pid)] == new
+            assert [p.pid for p in _backgrounds(server)] == new
         server.stop()
-        assert _wait_for(lambda: not _backgrounds(server.process.pid), 15)
+        assert _wait_for(lambda s=server: not _backgrounds(s), 15)
     assert kills == 10
 
 
@@ -67,10 +74,10 @@ def test_no_background_process_outlives_the_master(live_server, how):
         server.process.send_signal(signal.SIGHUP)
         # The reload replaces the workers and keeps the one background process it already runs.
         assert _wait_for(lambda: not workers & {c.pid for c in psutil.Process(server.process.pid).children()}, 30)
-        assert [p.pid for p in _backgrounds(server.process.pid)] == [pid]
+        assert [p.pid for p in _backgrounds(server)] == [pid]
     server.process.send_signal(getattr(signal, "SIG" + how.split("+")[-1]))
     server.process.wait(30)
-    assert _wait_for(lambda: not _backgrounds(server.process.pid), 20), _backgrounds(server.process.pid)
+    assert _wait_for(lambda: not _backgrounds(server), 20), _backgrounds(server)
 
 
 def test_the_background_process_holds_no_listening_socket_of_the_master(live_server):
@@ -103,7 +110,7 @@ def test_consumers_of_dead_background_processes_do_not_accumulate(live_server, r
         assert requests.get(f"{server.url}/{link['slug']}", allow_redirects=False, timeout=10).status_code == 302
         assert _wait_for(lambda p=pid: any(f"-{p}-" in name for name in consumers()), 20)
         os.kill(pid, signal.SIGKILL)
-        _wait_for(lambda p=pid: [b for b in _backgrounds(server.process.pid) if b.pid != p], 5)
+        _wait_for(lambda p=pid: [b for b in _backgrounds(server) if b.pid != p], 5)
     pid = _one_background(server)
     assert len(consumers()) >= 3
     assert _wait_for(lambda: all(f"-{pid}-" in n for n in consumers()), 40), consumers()

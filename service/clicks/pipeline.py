@@ -349,7 +349,9 @@ class ClickSink:
             count = self.dropped.increment()
         except OSError:
             count = "?"
-        log.error("click %s dropped: PostgreSQL, Redis and the spool all failed (%s dropped on this node)", click["id"], count)
+        log.error(
+            "click %s dropped: PostgreSQL, Redis and the spool all failed (%s dropped on this node)", click["id"], count
+        )
 
 
 def click_sink() -> ClickSink:

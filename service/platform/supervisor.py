@@ -8,6 +8,7 @@ parent dies (PR_SET_PDEATHSIG, see `die_with_parent`), so even a SIGKILLed maste
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -131,10 +132,8 @@ def _terminate(pid: int, timeout: float) -> None:
         pass
     finally:
         os.close(pidfd)
-    try:
+    with contextlib.suppress(ChildProcessError):  # gunicorn's SIGCHLD handler may have reaped it
         os.waitpid(pid, 0)
-    except ChildProcessError:
-        pass  # gunicorn's SIGCHLD handler reaped it
 
 
 def die_with_parent(parent_pid: int) -> None:

@@ -3,6 +3,7 @@
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -191,13 +192,16 @@ def tiny_tmpfs(tmp_path):
     """A 64 KiB tmpfs of this test's own: a spool directory that really fills up."""
     mountpoint = tmp_path / "tiny"
     mountpoint.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mountpoint)], capture_output=True)
+    mounted = subprocess.run(
+        [shutil.which("mount") or "/bin/mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mountpoint)],
+        capture_output=True,
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.decode().strip()}")
     try:
         yield mountpoint
     finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+        subprocess.run([shutil.which("umount") or "/bin/umount", "-l", str(mountpoint)], check=False)
 
 
 def test_a_full_spool_tears_no_record_and_every_click_id_given_is_stored(
