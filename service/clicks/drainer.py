@@ -220,8 +220,6 @@ class Drainer(Loop):
         return int(self.redis.xlen(self.stream))
 
     # --- the background thread ----------------------------------------------------------------------------
-    MAX_BACKOFF_SECONDS = 8.0
-
     def run(self) -> None:
         """Until stopped: one step after another, waiting when there is nothing to do, backing off while a
         dependency is unavailable (nothing is acknowledged meanwhile)."""
@@ -238,7 +236,7 @@ class Drainer(Loop):
             moved = self._guarded_count(lambda: self.drain_once(block_ms=self.block_ms))
             if moved is None:
                 self._failures += 1
-                self.stopping.wait(min(self.MAX_BACKOFF_SECONDS, 0.5 * 2**self._failures))
+                self.backoff(self._failures)
             else:
                 self._failures = 0
                 if moved < self.batch:

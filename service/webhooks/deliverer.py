@@ -8,9 +8,10 @@ import random
 import time
 from datetime import UTC, datetime, timedelta
 
+import psycopg
 import requests
 
-from ..platform.db import UNAVAILABLE_ERRORS, Database, query
+from ..platform.db import UNAVAILABLE_ERRORS, Database, is_row_error, query
 from ..platform.loop import Loop
 from .addresses import address_problem
 from .signing import sign
@@ -141,14 +142,22 @@ class Deliverer(Loop):
         return False, response.status_code, f"code {code}: {message}", retryable
 
     def run(self) -> None:
-        """Until stopped: one step after another, waiting when there is nothing to do."""
+        """Until stopped: one step after another, waiting when there is nothing to do, backing off while
+        PostgreSQL is unavailable, read-only or misconfigured (a lease it cannot write is simply retried)."""
+        failures = 0
         while not self.stopping.is_set():
             try:
                 if self.deliver_once() == 0:
                     self.stopping.wait(1)
-            except UNAVAILABLE_ERRORS as exc:
-                log.warning("outbox deliverer waiting for PostgreSQL: %s", type(exc).__name__)
-                self.stopping.wait(2)
+                failures = 0
+            except (psycopg.Error, *UNAVAILABLE_ERRORS) as exc:
+                failures += 1
+                if is_row_error(exc):  # one outbox row PostgreSQL refuses: a bug to see, not a pause
+                    log.exception("outbox deliverer: a row was refused; retrying")
+                else:
+                    log.warning("outbox deliverer waiting for PostgreSQL: %s", type(exc).__name__)
+                self.backoff(failures)
             except Exception:
+                failures += 1
                 log.exception("outbox deliverer failed; retrying")
-                self.stopping.wait(2)
+                self.backoff(failures)
