@@ -249,3 +249,22 @@ def test_spool_appends_on_a_full_disk_are_whole_or_absent(tiny_tmpfs):
     assert written and refused  # the disk filled up part way
     records = [line for line in spool.path.read_bytes().split(b"\n") if line]
     assert [pipeline.unframe(line)["id"] for line in records] == written  # every record whole, none torn
+
+
+def test_redirects_keep_answering_from_postgresql_while_redis_refuses_writes(
+    make_app, settings, make_link, owner_conn, tmp_path
+):
+    private = PrivateRedis(tmp_path / "redis")
+    try:
+        link = make_link()
+        admin = redis.Redis.from_url(private.url)
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", "1")  # every write refused: the script cannot queue the click
+        client = make_app(settings, redis_url=private.url).test_client()
+        responses = [client.get(f"/{link['slug']}") for _ in range(3)]
+        assert [r.status_code for r in responses] == [302] * 3
+        ids = {r.headers["X-Click-Id"] for r in responses}
+        assert _stored(owner_conn, ids) == ids  # written straight to PostgreSQL
+        admin.close()
+    finally:
+        private.kill()
