@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help install lock run test test-fast bench bench-analytics ledger lint fmt migrate rollback api-key revoke-key rotate-secrets config
+.PHONY: help install lock run test test-fast bench bench-analytics ledger lint fmt migrate rollback api-key revoke-key rotate-secrets config replay-dead
 
 help: ## list the tasks
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -75,3 +75,6 @@ rotate-secrets: install ## re-encrypt stored webhook secrets and WhatsApp tokens
 
 config: install ## print the effective settings (secrets masked) and where each came from (default/profile/environment)
 	@$(PY) -m service.cli config
+
+replay-dead: install ## move dead-lettered clicks (stream <KEY_PREFIX>clicks:dead, SPOOL_DIR/dead) back onto the click stream
+	$(PY) -m service.cli replay-dead

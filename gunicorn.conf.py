@@ -4,10 +4,8 @@ import atexit
 import dataclasses
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
 from pathlib import Path
 
 import psycopg
@@ -29,7 +27,8 @@ def _metrics_dir() -> None:
 
 _metrics_dir()
 
-from service import config as chatlink_config  # noqa: E402 (after the metrics folder, see above)
+from service import background  # noqa: E402 (after the metrics folder, see above)
+from service import config as chatlink_config  # noqa: E402
 from service.config import ConfigError, load_settings  # noqa: E402
 from service.platform import identity, localservices, logs, migrations  # noqa: E402
 
@@ -107,43 +106,13 @@ def child_exit(server, worker):
     multiprocess.mark_process_dead(worker.pid)
 
 
-class Background:
-    """Keeps `python -m service.background` (click drainer, outbox deliverer) running beside the workers."""
-
-    def __init__(self) -> None:
-        self.process: subprocess.Popen | None = None
-        self.stopping = threading.Event()
-
-    def supervise(self, server) -> None:
-        while not self.stopping.is_set():
-            environ = chatlink_config.child_environ(chatlink_config.current())  # the resolved service URLs too
-            self.process = subprocess.Popen([sys.executable, "-m", "service.background"], env=environ)
-            server.log.info("background process (click drainer, outbox deliverer) started: pid %s", self.process.pid)
-            status = self.process.wait()
-            if not self.stopping.is_set():
-                # Its unacknowledged clicks stay pending in Redis; the new one reclaims them after RECLAIM_IDLE_MS.
-                server.log.warning("background process exited with %s; starting a new one", status)
-                self.stopping.wait(1)
-
-    def stop(self) -> None:
-        self.stopping.set()
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-
-
-background = Background()
-
-
 def when_ready(server):
-    """Once the workers are up: start the background process, unless both of its jobs are switched off."""
+    """Before the first worker forks: start the background process (click drainer, outbox deliverer), unless both
+    of its jobs are switched off. SUPERVISOR lives in service.background, so a reload keeps the running one."""
     if settings.drain_clicks or settings.deliver_events:
-        threading.Thread(target=background.supervise, args=(server,), name="background", daemon=True).start()
+        background.SUPERVISOR.start(server.log)
 
 
 def on_exit(server):
-    """Stop the background process with gunicorn."""
-    background.stop()
+    """Stop the background process with gunicorn (TERM, INT, QUIT; a SIGKILLed master's child gets SIGTERM)."""
+    background.SUPERVISOR.stop()

@@ -1,24 +1,32 @@
 """The background process gunicorn runs beside its workers: the click drainer and the outbox deliverer.
 
 They run in a process of their own, not in the request workers, so that a batch of clicks never holds a
-worker's interpreter lock while redirects wait (make bench measured the difference). Start it with
-`python -m service.background`; gunicorn.conf.py does, and restarts it if it dies."""
+worker's interpreter lock while redirects wait (make bench measured the difference). gunicorn.conf.py has
+SUPERVISOR run `python -m service.background --parent <master pid>` and restart it whenever it dies. One runs per
+SPOOL_DIR (a lock); it touches SPOOL_DIR/background.heartbeat every second while its threads run (/health)."""
 
 from __future__ import annotations
 
+import argparse
+import fcntl
 import logging
+import os
 import signal
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import config
 from .clicks.drainer import Drainer
 from .clicks.pipeline import STAGING_DDL, Spool
 from .config import Settings, load_settings
+from .health import HEARTBEAT_FILE
 from .platform import identity, logs
 from .platform.db import Database, app_conninfo
 from .platform.redis import RedisClient
 from .platform.secrets import SecretBox
+from .platform.supervisor import Supervisor, die_with_parent
 from .webhooks.deliverer import Deliverer
 
 log = logging.getLogger(__name__)
@@ -76,14 +84,53 @@ class BackgroundWork:
         self.redis.close()
 
 
-def main() -> None:
-    """Run until SIGTERM or SIGINT, then let the current batch finish."""
-    settings = load_settings()
-    logs.configure(settings.log_format, settings.log_level)
-    work = BackgroundWork.build(settings)
+# One per gunicorn master, kept in this module so that a reload (SIGHUP re-reads gunicorn.conf.py) finds the
+# running one instead of forgetting it. The environment carries the services the master resolved.
+SUPERVISOR = Supervisor(
+    "background process (click drainer, outbox deliverer)",
+    [sys.executable, "-m", "service.background"],
+    environ=lambda: config.child_environ(config.current()),
+)
+HEARTBEAT_SECONDS = 1.0
+
+
+def _take_lock(directory: Path, stop: threading.Event) -> int:
+    """Hold SPOOL_DIR/background.lock (pid inside) for the life of the process: a second background process for
+    the same directory (an orphan of a crashed master, a second `make run`) waits here instead of running."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / "background.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    waiting = False
+    while not stop.is_set():
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            return fd
+        except BlockingIOError:
+            if not waiting:
+                log.warning("another background process holds %s/background.lock; waiting", directory)
+                waiting = True
+            stop.wait(0.5)
+    return fd
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run until SIGTERM or SIGINT (or the parent's death), then let the current batch finish."""
+    parser = argparse.ArgumentParser(prog="python -m service.background")
+    parser.add_argument("--parent", type=int, help="pid of the supervising process; exit when it dies")
+    args = parser.parse_args(argv)
+    if args.parent:
+        die_with_parent(args.parent)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    settings = load_settings()
+    logs.configure(settings.log_format, settings.log_level)
+    spool_dir = Path(settings.spool_dir)
+    _take_lock(spool_dir, stop)
+    if stop.is_set():
+        return
+    work = BackgroundWork.build(settings)
     if settings.drain_clicks:
         work.drainer.start()
     if settings.deliver_events:
@@ -93,7 +140,17 @@ def main() -> None:
         "on" if settings.drain_clicks else "off",
         "on" if settings.deliver_events else "off",
     )
-    stop.wait()
+    heartbeat = spool_dir / HEARTBEAT_FILE
+    while not stop.is_set():
+        running = (work.drainer.alive or not settings.drain_clicks) and (
+            work.deliverer.alive or not settings.deliver_events
+        )
+        if running:
+            try:
+                heartbeat.touch()  # the time is the file's mtime: no disk space needed, even on a full disk
+            except OSError as exc:
+                log.warning("heartbeat not written: %s", exc)
+        stop.wait(HEARTBEAT_SECONDS)
     work.stop()
 
 

@@ -1,18 +1,24 @@
-"""Command-line tasks: migrate, rollback, api-key, revoke-key, rotate-secrets, config (run by the Makefile through
-`python -m service.cli`)."""
+"""Command-line tasks: migrate, rollback, api-key, revoke-key, rotate-secrets, replay-dead, config (run by the
+Makefile through `python -m service.cli`)."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+from pathlib import Path
 
 import psycopg
 import psycopg.rows
+from redis import RedisError
 
 from . import auth
+from .clicks.drainer import Drainer
+from .clicks.pipeline import Spool
 from .config import ConfigError, Settings, describe, load_settings
-from .platform import localservices, migrations
-from .platform.db import query
+from .platform import identity, localservices, migrations
+from .platform.db import Database, query
+from .platform.redis import RedisClient
 from .platform.secrets import SecretBox, SecretsKeyMissing
 
 
@@ -40,6 +46,21 @@ def rotate_secrets(url: str, box: SecretBox) -> int:
     return len(webhooks) + len(tokens)
 
 
+def replay_dead(settings: Settings) -> int:
+    """Move the dead letters of this database's Redis namespace and SPOOL_DIR back onto the click stream; return
+    how many."""
+    redis_url = settings.redis_url or localservices.redis_url(localservices.DATA_DIR, settings.require_services)[0]
+    namespace = identity.namespace(owner_url(settings))  # the keys belong to the database (see platform/identity)
+    redis = RedisClient.from_settings(dataclasses.replace(settings, redis_url=redis_url), namespace)
+    db = Database("", size=1, timeout_ms=settings.db_timeout_ms)  # never opened: replaying needs no PostgreSQL
+    drainer = Drainer(redis, db, Spool(Path(settings.spool_dir)), batch=settings.drain_batch, reclaim_idle_ms=1000)
+    try:
+        return drainer.replay_dead()
+    finally:
+        drainer.redis.close()
+        redis.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one task; exit status 0 on success, 1 with a message on stderr otherwise."""
     parser = argparse.ArgumentParser(prog="python -m service.cli")
@@ -52,11 +73,15 @@ def main(argv: list[str] | None = None) -> int:
     revoke.add_argument("key_prefix")
     commands.add_parser("rotate-secrets", help="re-encrypt stored secrets with the first key of SECRETS_KEY")
     commands.add_parser("config", help="print the effective settings (secrets masked) and where each came from")
+    commands.add_parser("replay-dead", help="move dead-lettered clicks back onto the click stream (after a fix)")
     args = parser.parse_args(argv)
     if args.command == "config":
         return print_config()
     try:
         settings = load_settings()
+        if args.command == "replay-dead":
+            print(f"replayed: {replay_dead(settings)} dead letters onto the click stream")
+            return 0
         url = owner_url(settings)
         if args.command == "migrate":
             applied = migrations.migrate(url)
@@ -85,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         migrations.MigrationError,
         localservices.ServiceUnavailable,
         psycopg.Error,
+        RedisError,
         SecretsKeyMissing,
     ) as exc:
         print(f"error: {exc}", file=sys.stderr)

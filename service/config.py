@@ -204,6 +204,13 @@ class Settings:
     webhook_max_endpoints: int = env("10", _int(1, 1000), "Webhook endpoints one account may register.")
     webhook_breaker_failures: int = env("3", _int(1, 100), "Failed attempts in a row that open an endpoint's breaker.")
     webhook_breaker_seconds: int = env("60", _int(1, 3600), "How long an endpoint's open breaker skips it.")
+    # issue 10 (part 1): health thresholds
+    health_heartbeat_seconds: int = env(
+        "10", _int(2, 3600), "/health warns when the background process's heartbeat (every 1 s) is older than this."
+    )
+    health_drain_lag_seconds: int = env(
+        "60", _int(1, 86400), "/health warns when the oldest click not yet drained from Redis is older than this."
+    )
     require_services: bool = env(
         "0", _bool, "1: never start embedded PostgreSQL/Redis; fail when the local ones do not answer (CI)."
     )

@@ -247,6 +247,7 @@ class LiveServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         full_env = {**os.environ, **env, "PORT": str(self.port)}
+        self.spool_dir, self.key_prefix = full_env.get("SPOOL_DIR"), full_env.get("KEY_PREFIX")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
             cwd=ROOT,

@@ -67,28 +67,25 @@ class PrivateRedis:
 
 
 class PrivatePostgres:
-    """An embedded PostgreSQL (pgserver) of this test's own, which the test may restart."""
+    """An embedded PostgreSQL of this test's own, which the test may restart; stopped by its current pid and only
+    then deleted (pgserver's own "delete" clean-up removed the directory of a server restarted under it)."""
 
     def __init__(self, directory: Path) -> None:
-        import pgserver
-
-        directory.mkdir(parents=True, exist_ok=True)
-        self.server = pgserver.get_server(directory, cleanup_mode="delete")
         self.directory = directory
-        self.url = self.server.get_uri("postgres")
+        self.url, _ = localservices.embedded_postgres(directory, stop_at_exit=False)
 
-    def restart(self) -> None:
+    def pg_ctl(self, *args: str) -> None:
+        """Run pg_ctl on this server (as pgserver's own system user when we are root, as pgserver runs it)."""
         from pgserver import pg_ctl
 
-        pg_ctl(
-            ["-w", "-m", "fast", "-l", str(self.directory / "log"), "restart"],
-            pgdata=self.directory,
-            user=self.server.system_user,
-            timeout=60,
-        )
+        pg_ctl(list(args), pgdata=self.directory, user="pgserver" if os.geteuid() == 0 else None, timeout=60)
+
+    def restart(self) -> None:
+        self.pg_ctl("-w", "-m", "fast", "-l", str(self.directory / "log"), "restart")
 
     def stop(self) -> None:
-        self.server.cleanup()
+        localservices.stop_postgres(self.directory)
+        localservices.remove_data_directory(self.directory)
 
 
 def _children(server: LiveServer) -> list[psutil.Process]:

@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 import uuid
+import zlib
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -20,7 +21,7 @@ import psycopg
 import ua_parser
 from flask import current_app
 
-from ..platform.db import UNAVAILABLE_ERRORS, Database
+from ..platform.db import UNAVAILABLE_ERRORS, Database, ensure_setup, is_row_error
 from ..platform.metrics import Counter
 from ..platform.redis import RedisClient
 
@@ -116,6 +117,7 @@ def to_row(click: dict, link_id: int, account_id: int) -> tuple:
 
 def ingest(conn, rows: Iterable[tuple]) -> int:
     """COPY rows into the session's staging table and move them into clicks and the roll-ups; return new ones."""
+    ensure_setup(conn, STAGING_DDL)
     with conn.transaction():
         with conn.cursor().copy(f"copy click_staging ({', '.join(COLUMNS)}) from stdin") as copy:
             for row in rows:
@@ -123,41 +125,124 @@ def ingest(conn, rows: Iterable[tuple]) -> int:
         return conn.execute("select ingest_clicks() as added").fetchone()["added"]
 
 
+def _frame(entry: dict) -> bytes:
+    """One spool record: the CRC-32 of its JSON, the JSON, a newline — so a damaged record is recognised."""
+    body = json.dumps(entry, separators=(",", ":")).encode()
+    return b"%08x %s\n" % (zlib.crc32(body), body)
+
+
+def unframe(line: bytes) -> dict | None:
+    """The entry of one spool record, or None when the record is damaged (torn, merged, altered)."""
+    crc, _, body = line.partition(b" ")
+    try:
+        if len(crc) != 8 or int(crc, 16) != zlib.crc32(body):
+            return None
+        entry = json.loads(body)
+        int(entry["l"]), int(entry["a"]), entry["id"]  # noqa: B018 - what to_row needs
+        return entry
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_whole(fd: int, data: bytes) -> bool:
+    """Append data to fd (locked, O_APPEND) whole and fsynced, or leave the file as it was and raise OSError;
+    True when the file was empty before (a new file, whose directory entry needs an fsync too)."""
+    start = os.fstat(fd).st_size
+    if start and os.pread(fd, 1, start - 1) != b"\n":
+        data = b"\n" + data  # a crash tore the last record: never merge this one into it
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[os.write(fd, view) :]  # os.write may write less than asked (a full disk): go on
+        os.fsync(fd)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, start)  # a record is written whole or not at all
+        raise
+    return start == 0
+
+
+def _fsync_directory(path: str) -> None:
+    """fsync the directory holding path, so a file just created (or renamed) survives a crash."""
+    fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class NodeCounter:
+    """A count shared by every process of this node (gunicorn's workers): a fixed-size file, rewritten in place
+    under a lock, so that counting needs no new disk space — it must work when the disk is full."""
+
+    WIDTH = 20
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        with contextlib.suppress(OSError):  # created now, while there is room; increment() tries again
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.write(fd, b"0".rjust(self.WIDTH))
+            finally:
+                os.close(fd)
+
+    def increment(self) -> int:
+        """Add one; return the new count."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            value = int(os.pread(fd, self.WIDTH, 0).strip() or 0) + 1
+            os.pwrite(fd, str(value).encode().rjust(self.WIDTH), 0)
+            return value
+        finally:
+            os.close(fd)
+
+    def value(self) -> int:
+        """The count (0 before the first)."""
+        try:
+            return int(self.path.read_bytes().strip() or 0)
+        except (FileNotFoundError, ValueError):
+            return 0
+
+
 class Spool:
-    """Clicks that neither Redis nor PostgreSQL could take, appended to a local file until they return."""
+    """Clicks that neither Redis nor PostgreSQL could take, appended to a local file until they return. Each
+    record is written whole or not at all (CRC-framed, the file cut back after a failed write) and fsynced; a
+    damaged record is read past, counted and kept aside in dead/, never dropped silently."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        self.dead = directory / "dead"  # damaged records and those PostgreSQL refused, for a person to look at
 
     @property
     def path(self) -> Path:
         return self.directory / f"clicks-{socket.gethostname()}-{os.getpid()}.jsonl"
 
     def append(self, click: dict, link_id: int, account_id: int) -> None:
+        """Add one click, whole and fsynced; raise OSError (nothing written) when the directory cannot take it."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        line = json.dumps({**click, "l": link_id, "a": account_id}, separators=(",", ":")) + "\n"
+        record = _frame({**click, "l": link_id, "a": account_id})
         while True:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 # A drainer may have renamed the file since we opened it: write to the new one instead.
                 with contextlib.suppress(FileNotFoundError):
                     if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
-                        os.write(fd, line.encode())
-                        os.fsync(fd)
+                        if _write_whole(fd, record):
+                            _fsync_directory(str(self.path))
                         return
             finally:
                 os.close(fd)
 
-    def size(self) -> int:
-        """Bytes of clicks waiting in the spool (files not yet drained or being drained)."""
-        if not self.directory.exists():
-            return 0
-        total = 0
-        for path in self.directory.glob("clicks-*"):
-            with contextlib.suppress(FileNotFoundError):
-                total += path.stat().st_size
-        return total
+    def pending_bytes(self) -> int:
+        """Size of the clicks waiting in the spool (0: empty)."""
+        return sum(_size(path) for path in self.directory.glob("clicks-*"))
+
+    def dead_records(self) -> int:
+        """Records set aside in dead/ (damaged or refused by PostgreSQL)."""
+        return sum(_size(path) and path.read_bytes().count(b"\n") for path in self.dead.glob("*"))
 
     def drain(self, db: Database) -> int:
         """Move every spooled click into PostgreSQL; a file is removed only after its rows are committed."""
@@ -171,47 +256,105 @@ class Spool:
         # file is harmless because the insert ignores repeats.
         return sum(self._ingest_file(db, claimed) for claimed in sorted(self.directory.glob("clicks-*.draining-*")))
 
-    @staticmethod
-    def _ingest_file(db: Database, claimed: Path) -> int:
+    def set_aside(self, kind: str, records: list[bytes]) -> None:
+        """Keep records in dead/<kind>-<unique>.jsonl (written to a temporary name, fsynced, renamed into place)."""
+        self.dead.mkdir(parents=True, exist_ok=True)
+        final = self.dead / f"{kind}-{uuid.uuid4().hex}.jsonl"
+        temporary = final.with_suffix(".tmp")
+        try:
+            with temporary.open("wb") as handle:
+                handle.writelines(record.rstrip(b"\n") + b"\n" for record in records)
+                handle.flush()
+                os.fsync(handle.fileno())
+            temporary.rename(final)
+        except OSError:
+            temporary.unlink(missing_ok=True)
+            raise
+        _fsync_directory(str(final))
+
+    def _ingest_file(self, db: Database, claimed: Path) -> int:
         try:
             with claimed.open("rb") as handle:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # wait for a write that was in flight at the rename
-                lines = handle.read().splitlines()
+                lines = [line for line in handle.read().split(b"\n") if line]
         except FileNotFoundError:
             return 0  # another drainer finished it
-        entries = []
+        entries, damaged = [], []
         for line in lines:
-            try:
-                entries.append(json.loads(line))
-            except ValueError:
-                log.error("spool %s: skipped a line that is not JSON (a write cut short by a crash)", claimed)
-        with db.connection() as conn:
-            ingest(conn, (to_row(e, e["l"], e["a"]) for e in entries))
+            entry = unframe(line)
+            if entry is None:
+                damaged.append(line)
+            else:
+                entries.append((line, entry))
+        refused = []
+        try:
+            with db.connection() as conn:
+                ingest(conn, (to_row(e, e["l"], e["a"]) for _, e in entries))
+        except Exception as exc:
+            if not is_row_error(exc):  # PostgreSQL unavailable or read-only: the file waits, claimed
+                raise
+            for line, entry in entries:  # one bad row must not hold up the rest
+                try:
+                    with db.connection() as conn:
+                        ingest(conn, [to_row(entry, entry["l"], entry["a"])])
+                except Exception as row_exc:
+                    if not is_row_error(row_exc):
+                        raise
+                    refused.append(line)
+        for kind, records in (("damaged", damaged), ("refused", refused)):
+            if records:  # kept before the file goes: if this fails, the whole file is read again later
+                self.set_aside(kind, records)
+                log.error("spool %s: %d %s records kept in %s", claimed.name, len(records), kind, self.dead)
         claimed.unlink(missing_ok=True)
-        return len(entries)
+        return len(entries) - len(refused)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 class ClickSink:
-    """Where a redirect's click goes when Redis cannot take it: PostgreSQL directly, else the spool."""
+    """Where a redirect's click goes when Redis cannot take it: PostgreSQL directly, else the spool. A click none
+    of them took is counted in a node-wide counter (`SPOOL_DIR/dropped`), and its redirect carries no click id."""
 
     def __init__(self, db: Database, spool: Spool) -> None:
         self.db, self.spool = db, spool
-        self.dropped = 0  # stays 0: every path ends in Redis, PostgreSQL or the spool file
+        self.dropped = NodeCounter(spool.directory / "dropped")
+
+    STORED = frozenset({"postgresql", "spool"})
 
     def write(self, click: dict, link_id: int, account_id: int) -> str:
+        """Store the click; where it went: postgresql | spool (both stored), refused (its data is bad: kept aside
+        in the spool's dead/) or dropped (nothing could take it)."""
         try:
             with self.db.connection() as conn:
                 ingest(conn, [to_row(click, link_id, account_id)])
             return "postgresql"
-        except (psycopg.Error, *UNAVAILABLE_ERRORS):  # unreachable, read-only after a failover…: keep it locally
+        except (psycopg.Error, *UNAVAILABLE_ERRORS) as exc:
+            refused = is_row_error(exc)  # this click's data is bad: kept aside, as the drainers do, not stored
             try:
+                if refused:
+                    self.spool.set_aside("refused", [_frame({**click, "l": link_id, "a": account_id})])
+                    return "refused"
+                # Unreachable, read-only after a failover…: keep it locally until PostgreSQL takes it.
                 self.spool.append(click, link_id, account_id)
                 return "spool"
             except OSError:
-                self.dropped += 1
-                CLICKS_DROPPED.inc()
-                log.error("click %s dropped: PostgreSQL, Redis and the spool directory all failed", click["id"])
+                self._drop(click)
                 return "dropped"
+
+    def _drop(self, click: dict) -> None:
+        CLICKS_DROPPED.inc()
+        try:
+            count = self.dropped.increment()
+        except OSError:
+            count = "?"
+        log.error(
+            "click %s dropped: PostgreSQL, Redis and the spool all failed (%s dropped on this node)", click["id"], count
+        )
 
 
 def click_sink() -> ClickSink:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import re
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +20,8 @@ from .breaker import Breaker
 QUERIES_DIR = Path(__file__).resolve().parents[2] / "sql" / "queries"
 APP_ROLE = "chatlink_app"
 
+log = logging.getLogger(__name__)
+
 
 class DatabaseDown(psycopg.OperationalError):
     """The PostgreSQL breaker is open: refused at once, without waiting DB_TIMEOUT_MS for the pool."""
@@ -25,6 +29,40 @@ class DatabaseDown(psycopg.OperationalError):
 
 # What a broken or unreachable database raises; the error handlers turn these into 503.
 UNAVAILABLE_ERRORS = (psycopg.OperationalError, psycopg_pool.PoolTimeout, psycopg.errors.QueryCanceled)
+# SQLSTATE classes that say "this row's data is bad": 22 data exception (a value out of range, bad encoding…),
+# 23 integrity constraint violation (a foreign key to a deleted account, a check…). Only these condemn a row.
+ROW_DATA_CLASSES = frozenset({"22", "23"})
+
+
+def is_row_error(exc: BaseException) -> bool:
+    """True when exc says the row it was given is bad (dead-letter that row); False when the dependency is
+    unavailable, read-only, misconfigured, out of memory or asks for a retry (pause, retry with back-off, never
+    acknowledge). The one place errors are classified: an unknown error is never blamed on the data."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    return isinstance(exc, psycopg.Error) and sqlstate is not None and sqlstate[:2] in ROW_DATA_CLASSES
+
+
+# Connections whose setup SQL ran (weak: a closed connection drops out on its own).
+_prepared: weakref.WeakSet = weakref.WeakSet()
+
+
+def ensure_setup(conn: psycopg.Connection, setup_sql: str) -> None:
+    """Run setup_sql on conn unless it already ran there (a connection opened while the server was read-only)."""
+    if conn not in _prepared:
+        conn.execute(setup_sql)
+        _prepared.add(conn)
+
+
+def _configure(setup_sql: str):
+    def configure(conn: psycopg.Connection) -> None:
+        try:
+            ensure_setup(conn, setup_sql)
+        except psycopg.errors.ReadOnlySqlTransaction:
+            # A read-only server (a standby, default_transaction_read_only) still serves reads: keep the
+            # connection; whoever needs the setup calls ensure_setup() again once the server takes writes.
+            log.warning("PostgreSQL is read-only: connection opened without its setup")
+
+    return configure
 
 
 def load_queries(directory: Path = QUERIES_DIR) -> dict[str, str]:
@@ -76,7 +114,7 @@ class Database:
             open=False,
             timeout=timeout_ms / 1000,
             check=psycopg_pool.ConnectionPool.check_connection,
-            configure=(lambda conn: conn.execute(setup_sql)) if setup_sql else None,
+            configure=_configure(setup_sql) if setup_sql else None,
             kwargs={
                 "autocommit": True,
                 "row_factory": dict_row,

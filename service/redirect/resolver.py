@@ -52,7 +52,8 @@ UNAVAILABLE = Outcome(503)
 
 @dataclass(frozen=True, slots=True)
 class Resolution:
-    """The verdict on a link for one request: miss | unknown | rate | ok | gone | limit | seed, the link when known."""
+    """The verdict on a link for one request: miss | unknown | rate | ok | ok-unrecorded (no store took the click) |
+    gone | limit | seed, the link when known."""
 
     verdict: str
     link: Link | None = None
@@ -225,9 +226,8 @@ class Redirector:
             return UNAVAILABLE
         if link.gone_reason():
             return Outcome(410, link, gone_reason=link.gone_reason())
-        if click:
-            self.sink.write(click, link.id, link.account_id)
-        return Outcome(200 if link.lead_form else 302, link, click["id"] if click else None)
+        recorded = click is not None and self.sink.write(click, link.id, link.account_id) in self.sink.STORED
+        return Outcome(200 if link.lead_form else 302, link, click["id"] if recorded else None)
 
     def _verdict_from_postgres(self, link: Link | None, clicks: int, click: dict | None, bot: bool) -> str:
         """resolve.lua's decision made from PostgreSQL's row, with the click written straight to PostgreSQL."""
@@ -237,8 +237,8 @@ class Redirector:
             return "gone"
         if link.max_clicks is not None and clicks >= link.max_clicks:  # gone for everyone, bots and HEAD included
             return "limit"
-        if click:
-            self.sink.write(click, link.id, link.account_id)
+        if click and self.sink.write(click, link.id, link.account_id) not in self.sink.STORED:
+            return "ok-unrecorded"  # no store took the click: the visitor gets the 302 without a click id
         return "ok"
 
 
@@ -250,7 +250,8 @@ def _outcome(resolution: Resolution, click: dict | None) -> Outcome:
         return NOT_FOUND
     if verdict in ("gone", "limit"):
         return Outcome(410, link, gone_reason=link.gone_reason() or "out of clicks")
-    return Outcome(200 if link.lead_form else 302, link, click["id"] if click else None)
+    recorded = click is not None and verdict != "ok-unrecorded"
+    return Outcome(200 if link.lead_form else 302, link, click["id"] if recorded else None)
 
 
 def redirector() -> Redirector:

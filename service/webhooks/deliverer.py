@@ -12,10 +12,11 @@ from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
+import psycopg
 import requests
 
 from ..platform import logs
-from ..platform.db import UNAVAILABLE_ERRORS, Database, query
+from ..platform.db import UNAVAILABLE_ERRORS, Database, is_row_error, query
 from ..platform.loop import Loop
 from ..platform.metrics import POSTGRES_ERRORS, gauge
 from ..platform.metrics import Counter as MetricCounter
@@ -276,9 +277,10 @@ class Deliverer(Loop):
         OUTBOX_OLDEST_DUE.set(stats["oldest_due_seconds"])
 
     def run(self) -> None:
-        """Until stopped: keep the senders busy, leasing one row per account at a time (round-robin), and publish
-        the outbox's figures every few seconds."""
-        last_observed = 0.0
+        """Until stopped: keep the senders busy, leasing one row per account at a time (round-robin), publish the
+        outbox's figures every few seconds, and back off while PostgreSQL is unavailable, read-only or
+        misconfigured (a lease it cannot write is simply retried)."""
+        last_observed, failures = 0.0, 0
         while not self.stopping.is_set():
             try:
                 if time.monotonic() - last_observed >= 5:
@@ -288,13 +290,19 @@ class Deliverer(Loop):
                     # Nothing due or no free sender: wait for a sender to finish, or a second for new rows.
                     self._slot_freed.wait(1)
                     self._slot_freed.clear()
-            except UNAVAILABLE_ERRORS as exc:
-                log.warning("outbox deliverer waiting for PostgreSQL: %s", type(exc).__name__)
+                failures = 0
+            except (psycopg.Error, *UNAVAILABLE_ERRORS) as exc:
+                failures += 1
                 POSTGRES_ERRORS.labels("deliverer").inc()
-                self.stopping.wait(2)
+                if is_row_error(exc):  # one outbox row PostgreSQL refuses: a bug to see, not a pause
+                    log.exception("outbox deliverer: a row was refused; retrying")
+                else:
+                    log.warning("outbox deliverer waiting for PostgreSQL: %s", type(exc).__name__)
+                self.backoff(failures)
             except Exception:
+                failures += 1
                 log.exception("outbox deliverer failed; retrying")
-                self.stopping.wait(2)
+                self.backoff(failures)
 
     def stop(self) -> None:
         """Stop leasing, and let the attempts in flight finish (bounded by the join time)."""

@@ -4,12 +4,10 @@ What /health said during each fault is recorded, and a summary table printed at 
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import shutil
 import signal
-import subprocess
 import tempfile
 import threading
 import time
@@ -31,7 +29,6 @@ from tests.support import TcpProxy
 from tests.test_ledger import PrivatePostgres, PrivateRedis, _background_process, _gunicorn_workers
 
 pytestmark = [pytest.mark.live, pytest.mark.chaos]
-NEEDS_PART_1 = pytest.mark.xfail(reason="needs issue-10 part 1", strict=False)
 VISITORS = 6  # client threads; a few hundred redirects/s on two cores
 STALL_SECONDS = 10  # after recovery, every path drains within a second or two (RECLAIM_IDLE_MS, breakers: 1 s)
 RESULTS: list[Row] = []
@@ -70,18 +67,13 @@ class Stack:
         with psycopg.connect(self.owner_url) as conn:
             self.api_key = issue_key(conn, "chaos")
 
-    def pg_ctl(self, *args: str) -> None:
-        from pgserver import pg_ctl
-
-        pg_ctl(list(args), pgdata=self.postgres.directory, user=self.postgres.server.system_user, timeout=60)
-
     def stop_postgres(self) -> None:
-        self.pg_ctl("-w", "-m", "fast", "stop")
+        self.postgres.pg_ctl("-w", "-m", "fast", "stop")
 
     def start_postgres(self) -> None:
         socket_dir = psycopg.conninfo.conninfo_to_dict(self.owner_url)["host"]
         log = str(self.postgres.directory / "log")
-        self.pg_ctl("-w", "-o", '-h ""', "-o", f"-k {socket_dir}", "-l", log, "start")
+        self.postgres.pg_ctl("-w", "-o", '-h ""', "-o", f"-k {socket_dir}", "-l", log, "start")
 
     def redis_client(self) -> redis.Redis:
         """A direct client of the private Redis (not through the proxy), for the test's own commands."""
@@ -97,10 +89,7 @@ class Stack:
         self.proxy.stop()
         if self.redis.process.poll() is None:
             self.redis.kill()
-        # Stop the server itself first: pgserver's clean-up may track a PID that a restart replaced.
-        with contextlib.suppress(subprocess.CalledProcessError):  # already stopped
-            self.pg_ctl("-w", "-m", "immediate", "stop")
-        self.postgres.stop()
+        self.postgres.stop()  # by the server's current pid, then its directory (see PrivatePostgres)
 
 
 @pytest.fixture(scope="module")
@@ -294,7 +283,6 @@ def test_postgresql_down_with_redis_up_and_click_counters_lost(stack, tmp_path):
     _run(stack, tmp_path, fault, inject, lambda s: stack.start_postgres(), hold=5)
 
 
-@NEEDS_PART_1  # today the drainer sends XGROUP CREATE after any error, which Redis refuses when out of memory
 def test_redis_out_of_memory_while_postgresql_is_down(stack, tmp_path):
     client = stack.redis_client()
 
@@ -312,7 +300,6 @@ def test_redis_out_of_memory_while_postgresql_is_down(stack, tmp_path):
         client.config_set("maxmemory", 0)
 
 
-@NEEDS_PART_1  # today ReadOnlySqlTransaction dead-letters the window's clicks (errors classified by SQLSTATE)
 def test_postgresql_read_only_for_10_seconds(stack, tmp_path):
     try:
         _run(
@@ -337,7 +324,6 @@ def test_one_slow_redis_reply(stack, tmp_path):
     _run(stack, tmp_path, "one slow Redis reply (×5, 180 ms)", inject, None, hold=0, not_logged="redis failed")
 
 
-@NEEDS_PART_1  # today, in about half of all starts nothing restarts it (the supervisor race)
 def test_background_process_killed(stack, tmp_path):
     _run(
         stack,
