@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help install lock run test test-fast bench ledger lint fmt migrate rollback api-key revoke-key
+.PHONY: help install lock run test test-fast bench ledger lint fmt migrate rollback api-key revoke-key user
 
 help: ## list the tasks
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -62,3 +62,7 @@ api-key: install ## print a new API key for ACCOUNT=<name> (creates the account)
 revoke-key: install ## revoke the key with KEY_PREFIX=<public id or key>
 	@test -n "$(KEY_PREFIX)" || { echo "usage: make revoke-key KEY_PREFIX=<prefix>" >&2; exit 2; }
 	@$(PY) -m service.cli revoke-key "$(KEY_PREFIX)"
+
+user: install ## add EMAIL=<address> to ACCOUNT=<name> (owner; ROLE=member); pipe the password on stdin or get a set-password link
+	@test -n "$(EMAIL)" -a -n "$(ACCOUNT)" || { echo "usage: make user EMAIL=<address> ACCOUNT=<name> [ROLE=member] [< password file]" >&2; exit 2; }
+	@$(PY) -m service.cli user "$(EMAIL)" "$(ACCOUNT)" --role "$(or $(ROLE),owner)"

@@ -6,9 +6,12 @@ import logging
 from pathlib import Path
 
 from flask import Flask
+from flask_cors import CORS
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import config, health, ratelimit
+from .accounts import routes as accounts
+from .accounts.sessions import Sessions
 from .analytics import routes as analytics
 from .clicks.capture import ClickCapture
 from .clicks.pipeline import STAGING_DDL, ClickSink, Spool
@@ -65,14 +68,16 @@ def create_app(settings: Settings | None = None) -> Flask:
             "chatlink.click_capture": capture,
             "chatlink.click_sink": sink,
             "chatlink.redirector": redirector,
+            "chatlink.sessions": Sessions(db, redis, settings),
         }
     )
 
-    for blueprint in (health.bp, links.bp, analytics.bp, leads.api, webhooks.bp, leads.bp):
+    for blueprint in (health.bp, accounts.bp, links.bp, analytics.bp, leads.api, webhooks.bp, leads.bp):
         app.register_blueprint(blueprint)
     app.register_blueprint(redirect.bp)  # last: /<slug> must not shadow the fixed paths
     errors.init_app(app)
     ratelimit.init_app(app, settings, redis)
+    init_cors(app, settings)
 
     app.wsgi_app = FastRedirects(app.wsgi_app, redirector)
     if settings.trusted_proxies:  # outermost, so that everything inside sees the client's address
@@ -85,6 +90,21 @@ def create_app(settings: Settings | None = None) -> Flask:
             x_prefix=0,
         )
     return app
+
+
+def init_cors(app: Flask, settings: Settings) -> None:
+    """CORS for the API only, for the exact origins of CORS_ORIGINS (none by default): the origin echoed, never
+    `*`, credentials allowed, preflights cached; the redirect and the lead form get no CORS headers."""
+    CORS(
+        app,
+        resources={r"/api/v1/*": {"origins": settings.cors_origin_list}},
+        supports_credentials=True,
+        max_age=settings.cors_max_age_seconds,
+        allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-CSRF-Token"],
+        expose_headers=["Location", "Retry-After", "Idempotency-Key", "Idempotent-Replayed"],
+        methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+        vary_header=True,
+    )
 
 
 def close_app(app: Flask) -> None:

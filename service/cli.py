@@ -1,13 +1,16 @@
-"""Command-line tasks: migrate, rollback, api-key, revoke-key (run by the Makefile through `python -m service.cli`)."""
+"""Command-line tasks: migrate, rollback, api-key, revoke-key, user (the Makefile runs `python -m service.cli`)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from datetime import UTC, datetime
 
 import psycopg
 
 from . import auth
+from .accounts import passwords, store
+from .accounts.routes import INVITE_LIFETIME, invite_url
 from .config import ConfigError, Settings, load_settings
 from .platform import localservices, migrations
 
@@ -31,6 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     key.add_argument("account")
     revoke = commands.add_parser("revoke-key", help="revoke an API key by its public id or full key")
     revoke.add_argument("key_prefix")
+    user = commands.add_parser(
+        "user", help="add a person to an account; password from stdin, else a one-time set-password link"
+    )
+    user.add_argument("email")
+    user.add_argument("account")
+    user.add_argument("--role", choices=["owner", "member"], default="owner")
     args = parser.parse_args(argv)
     try:
         url = owner_url(load_settings())
@@ -53,9 +62,33 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"no live key with public id '{public_id}'", file=sys.stderr)
                     return 1
             print(f"revoked key {public_id}")
+        elif args.command == "user":
+            return add_user(url, load_settings(), args.email, args.account, args.role)
     except (ConfigError, migrations.MigrationError, localservices.ServiceUnavailable, psycopg.Error) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def add_user(url: str, settings: Settings, email: str, account: str, role: str) -> int:
+    """Create the person (and account) if new with the role; set the password piped on stdin, or print a
+    one-time set-password link (valid 72 h) when stdin is a terminal or empty. Never a password in argv."""
+    email = passwords.normalize_email(email)
+    password = "" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.read().removesuffix("\n")
+    if password and (problems := passwords.password_problems(password)):
+        print("error: password refused: " + " ".join(problems), file=sys.stderr)
+        return 1
+    migrations.migrate(url)
+    with psycopg.connect(url) as conn:
+        account_id, user_id = store.admin_user(conn, account, email, role)
+        if password:
+            store.admin_set_password(conn, user_id, passwords.hash_password(password))
+            print(f"{email} is {role} of '{account}'; password set")
+            return 0
+        expires_at = datetime.now(UTC) + INVITE_LIFETIME
+        token = store.admin_set_password_token(conn, account_id, email, role, expires_at)
+    print(f"{email} is {role} of '{account}'. One-time link to set the password (valid 72 h):")
+    print(invite_url(settings.public_base_url, token))
     return 0
 
 
