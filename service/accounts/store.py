@@ -30,10 +30,9 @@ def sign_up(db: Database, account: str, email: str, password_hash: str) -> dict 
         return None
 
 
-def insert_user(conn: psycopg.Connection, email: str, password_hash: str | None) -> int | None:
+def insert_user(conn: psycopg.Connection, email: str, password_hash: str) -> int | None:
     """A new person's id; None when the email is taken."""
-    row = query(conn, "insert_user", {"email": email, "password_hash": password_hash}).fetchone()
-    return row["id"] if row else None
+    return query(conn, "insert_user", {"email": email, "password_hash": password_hash}).fetchone()["id"]
 
 
 def set_password_hash(conn: psycopg.Connection, password_hash: str, changed: bool) -> None:

@@ -1,6 +1,7 @@
 -- Drops what 0007_people created and the API-key writes it granted.
 revoke insert, update on api_keys from chatlink_app;
 drop function if exists sign_up(text, text, text);
+drop function if exists create_user(text, text);
 drop function if exists find_invite(bytea);
 drop function if exists find_session(bytea);
 drop function if exists find_login(text);

@@ -50,11 +50,10 @@ create function current_user_id() returns bigint
 
 alter table users enable row level security;
 alter table users force row level security;
--- A person sees themself and the people of the account acting; anyone may be created (sign-up, invites).
+-- A person sees themself and the people of the account acting; people are created through create_user().
 create policy users_read on users for select
     using (id = current_user_id()
            or exists (select from memberships m where m.user_id = users.id and m.account_id = current_account_id()));
-create policy users_create on users for insert with check (true);
 create policy users_update on users for update using (id = current_user_id()) with check (id = current_user_id());
 
 alter table memberships enable row level security;
@@ -71,10 +70,15 @@ create policy invites_tenant on invites
 
 alter table sessions enable row level security;
 alter table sessions force row level security;
--- Own sessions (every account), and the account's sessions so an owner removing a member can end theirs.
-create policy sessions_tenant on sessions
+-- A person's own sessions (every account), and the account's sessions so an owner removing a member ends
+-- theirs; a session is started only by its person, in the account acting.
+create policy sessions_read on sessions for select
+    using (user_id = current_user_id() or account_id = current_account_id());
+create policy sessions_start on sessions for insert
+    with check (user_id = current_user_id() and account_id = current_account_id());
+create policy sessions_end on sessions for update
     using (user_id = current_user_id() or account_id = current_account_id())
-    with check (user_id = current_user_id());
+    with check (user_id = current_user_id() or account_id = current_account_id());
 
 do $$
 declare t text;
@@ -118,6 +122,17 @@ create function find_invite(p_token_hash bytea)
          where i.token_hash = p_token_hash
     $$;
 
+-- An invite's new person (no one acts yet, and the row is nobody's to see until the membership exists);
+-- null when the email is taken.
+create function create_user(p_email text, p_password_hash text) returns bigint
+    language sql security definer
+    set search_path = pg_catalog, public, pg_temp
+    as $$
+        insert into users (email, password_hash, password_changed_at) values (p_email, p_password_hash, now())
+        on conflict (email) do nothing
+        returning id
+    $$;
+
 -- Self sign-up's narrow path: a new account and its owner together, or nothing when either name is taken.
 create function sign_up(p_account text, p_email text, p_password_hash text)
     returns table (account_id bigint, user_id bigint)
@@ -139,10 +154,11 @@ begin
 end
 $$;
 
-revoke all on function find_login(text), find_session(bytea), find_invite(bytea), sign_up(text, text, text)
-    from public;
-grant select, insert, update on users to chatlink_app;
-grant select, insert, update, delete on memberships, invites, sessions to chatlink_app;
+revoke all on function find_login(text), find_session(bytea), find_invite(bytea), sign_up(text, text, text),
+    create_user(text, text) from public;
+grant select, update on users to chatlink_app;
+grant select, insert, update, delete on memberships, invites to chatlink_app;
+grant select, insert, update on sessions to chatlink_app;
 grant insert, update on api_keys to chatlink_app;
 grant execute on function find_login(text), find_session(bytea), find_invite(bytea), sign_up(text, text, text),
-    current_user_id() to chatlink_app;
+    create_user(text, text), current_user_id() to chatlink_app;

@@ -43,11 +43,8 @@ select id, user_id, account_id, role, created_at, last_seen_at, expires_at, revo
 select id, account_id, email, role, purpose, expires_at, used from find_invite(%(token_hash)s);
 
 -- name: insert_user
--- Create a person (no password yet when hash is null); nothing when the email is taken.
-insert into users (email, password_hash, password_changed_at)
-values (%(email)s, %(password_hash)s, case when %(password_hash)s::text is null then null else now() end)
-on conflict (email) do nothing
-returning id;
+-- Create a person with a password through the SECURITY DEFINER narrow path; null when the email is taken.
+select create_user(%(email)s, %(password_hash)s) as id;
 
 -- name: set_password_hash
 -- Store the acting person's new password hash (a change, or a re-hash with new parameters).
