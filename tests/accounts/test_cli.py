@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import uuid
 
@@ -13,7 +14,7 @@ from tests.conftest import ROOT
 def _make_user(database_url: str, email: str, account: str, stdin: str | None, *extra: str):
     env = {**os.environ, "DATABASE_URL": database_url, "BASE_URL": "https://chat.example"}
     return subprocess.run(
-        ["make", "-s", "user", f"EMAIL={email}", f"ACCOUNT={account}", *extra],
+        [shutil.which("make") or "make", "-s", "user", f"EMAIL={email}", f"ACCOUNT={account}", *extra],
         cwd=ROOT,
         env=env,
         input=stdin if stdin is not None else "",

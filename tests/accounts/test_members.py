@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import psycopg
 import pytest
 
-from tests.accounts.conftest import ORIGIN, PASSWORD, log_in
+from service.accounts import store
+from tests.accounts.conftest import PASSWORD, log_in
 
 NEW_PASSWORD = "my own long passphrase"
 
@@ -32,14 +34,22 @@ def test_an_owner_invites_a_person_who_sets_a_password_and_logs_in_as_member(app
     assert invite["role"] == "member" and invite["email"] == "new.hire@example.com"
     assert invite["invite_url"].startswith("https://chat.example/invite#token=")
     newcomer = app.test_client()
-    accepted = newcomer.post("/api/v1/invites/accept", json={"token": _token(invite["invite_url"]), "password": NEW_PASSWORD})
+    accepted = newcomer.post(
+        "/api/v1/invites/accept", json={"token": _token(invite["invite_url"]), "password": NEW_PASSWORD}
+    )
     assert accepted.status_code == 200, accepted.get_json()
-    assert accepted.get_json() == {"account_id": person["account_id"], "role": "member", "email": "new.hire@example.com"}
+    assert accepted.get_json() == {
+        "account_id": person["account_id"],
+        "role": "member",
+        "email": "new.hire@example.com",
+    }
     member = log_in(newcomer, {"email": "new.hire@example.com", "password": NEW_PASSWORD})
     assert member["session"]["role"] == "member"
     emails = {m["email"]: m["role"] for m in client.get("/api/v1/members").get_json()["items"]}
     assert emails == {person["email"].lower(): "owner", "new.hire@example.com": "member"}
-    again = newcomer.post("/api/v1/invites/accept", json={"token": _token(invite["invite_url"]), "password": NEW_PASSWORD})
+    again = newcomer.post(
+        "/api/v1/invites/accept", json={"token": _token(invite["invite_url"]), "password": NEW_PASSWORD}
+    )
     assert again.status_code == 400 and again.get_json()["type"] == "/problems/invite-invalid"
 
 
@@ -49,7 +59,9 @@ def test_an_invite_expires_after_72_hours(app, owner):
     sessions = app.extensions["chatlink.sessions"]
     later = sessions.now() + timedelta(hours=72, seconds=1)
     sessions.clock = lambda: later
-    response = client.post("/api/v1/invites/accept", json={"token": _token(invite["invite_url"]), "password": NEW_PASSWORD})
+    response = client.post(
+        "/api/v1/invites/accept", json={"token": _token(invite["invite_url"]), "password": NEW_PASSWORD}
+    )
     assert response.status_code == 400
 
 
@@ -70,15 +82,14 @@ def test_a_person_of_several_accounts_chooses_one_at_log_in(app, make_person):
     first = make_person()
     second = make_person(account=None)
     other_account = second["account_id"]
-    from service.accounts import store  # the admin path `make user` takes
-    import psycopg
-
     with psycopg.connect(app.config["SETTINGS"].database_url) as conn:
         store.admin_user(conn, second["account"], first["email"].lower(), "member")
     client = app.test_client()
     session = log_in(client, first, account_id=other_account)
     assert session["session"]["account_id"] == other_account and session["session"]["role"] == "member"
-    refused = client.post("/api/v1/sessions", json={"email": first["email"], "password": PASSWORD, "account_id": 999999})
+    refused = client.post(
+        "/api/v1/sessions", json={"email": first["email"], "password": PASSWORD, "account_id": 999999}
+    )
     assert refused.status_code == 403
 
 
@@ -155,7 +166,10 @@ def test_session_users_see_only_their_accounts_rows_by_slug_id_or_cursor(app, ma
     alice = app.test_client()
     session = log_in(alice, make_person())
     assert alice.get(f"/api/v1/links/{bobs_slug}").status_code == 404
-    assert alice.patch(f"/api/v1/links/{bobs_slug}", json={"disabled": True}, headers=session["headers"]).status_code == 404
+    assert (
+        alice.patch(f"/api/v1/links/{bobs_slug}", json={"disabled": True}, headers=session["headers"]).status_code
+        == 404
+    )
     assert alice.get(f"/api/v1/links?cursor={bobs_cursor}").get_json()["items"] == []
     assert alice.get("/api/v1/links").get_json()["items"] == []
     assert alice.get(f"/api/v1/webhooks/{hook['id']}/deliveries").status_code == 404

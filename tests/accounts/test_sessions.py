@@ -47,7 +47,9 @@ def test_log_in_sets_a_host_only_httponly_lax_secure_cookie_and_returns_the_csrf
 def test_the_cookie_has_no_secure_flag_or_prefix_on_plain_http(make_app, settings, make_person):
     client = make_app(settings, base_url="http://127.0.0.1:8000").test_client()
     person = make_person()
-    header = client.post("/api/v1/sessions", json={"email": person["email"], "password": PASSWORD}).headers["Set-Cookie"]
+    header = client.post("/api/v1/sessions", json={"email": person["email"], "password": PASSWORD}).headers[
+        "Set-Cookie"
+    ]
     assert header.startswith("chatlink_session=") and "Secure" not in header and "HttpOnly" in header
 
 
@@ -146,7 +148,9 @@ def test_changing_the_password_ends_every_other_session(app, make_person):
     session = log_in(here, person)
     new = "a brand new passphrase 🔑"
     wrong = here.put(
-        "/api/v1/me/password", json={"current_password": "not it at all", "new_password": new}, headers=session["headers"]
+        "/api/v1/me/password",
+        json={"current_password": "not it at all", "new_password": new},
+        headers=session["headers"],
     )
     assert wrong.status_code == 422 and "current_password" in wrong.get_json()["errors"]
     response = here.put(
