@@ -72,7 +72,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         }
     )
 
-    for blueprint in (health.bp, accounts.bp, links.bp, analytics.bp, leads.api, webhooks.bp, leads.bp):
+    for blueprint in (health.bp, accounts.bp, accounts.pages, links.bp, analytics.bp, leads.api, webhooks.bp, leads.bp):
         app.register_blueprint(blueprint)
     app.register_blueprint(redirect.bp)  # last: /<slug> must not shadow the fixed paths
     errors.init_app(app)

@@ -96,6 +96,7 @@ def init_app(app: Flask, settings: Settings, redis: RedisClient) -> None:
         override_defaults=False,
     )(app.view_functions["accounts.login"])
     limiter.limit(settings.rate_limit_lead)(app.blueprints["leads"])
+    limiter.limit(settings.rate_limit_login)(app.blueprints["accounts_pages"])
     limiter.exempt(app.blueprints["health"])
     limiter.exempt(app.blueprints["redirect"])  # RedirectLimits counts those, in the redirect's own script
     # Not dead: the limits it decorated views with hold only a weak reference to it, and a disabled limiter

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import uuid
 from datetime import timedelta
+from pathlib import Path
 
-from flask import Blueprint, Response, g, request
+from flask import Blueprint, Response, g, render_template, request
 from marshmallow import RAISE, Schema, fields, validate
 
 from ..auth import check_origin, issue_account_key, require_auth, require_owner
@@ -18,7 +21,18 @@ from .passwords import hash_password, needs_rehash, normalize_email, password_pr
 from .sessions import Session, sessions
 
 bp = Blueprint("accounts", __name__, url_prefix="/api/v1")
+pages = Blueprint("accounts_pages", __name__)
 INVITE_LIFETIME = timedelta(hours=72)
+INVITE_SCRIPT = Path(__file__).with_name("invite.js").read_text()
+_SCRIPT_HASH = base64.b64encode(hashlib.sha256(INVITE_SCRIPT.encode()).digest()).decode()
+INVITE_PAGE_HEADERS = {
+    # The page's one script is allowed by its hash and may only call this service; nothing may frame it.
+    "Content-Security-Policy": f"default-src 'none'; script-src 'sha256-{_SCRIPT_HASH}'; style-src 'unsafe-inline'; "
+    "connect-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
 ROLE = fields.String(load_default="member", validate=validate.OneOf(["owner", "member"]))
 
 
@@ -242,6 +256,12 @@ def remove_member(user_id: int) -> Response:
         raise not_found("member", "No such person in this account.")
     sessions().forget(ended)
     return Response(status=204)
+
+
+@pages.get("/invite")
+def invite_page() -> Response:
+    """The page an invite or set-password link opens: it posts the fragment's token with the chosen password."""
+    return Response(render_template("invite.html", script=INVITE_SCRIPT), headers=INVITE_PAGE_HEADERS)
 
 
 @bp.post("/invites/accept")

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import requests
 
 from tests.accounts.conftest import PASSWORD
 from tests.support import chromium
@@ -114,3 +115,36 @@ def test_a_listed_front_end_logs_in_creates_and_reads_while_others_are_refused(l
         for r in owner_conn.execute("select title from links where account_id = %s", [person["account_id"]]).fetchall()
     ]
     assert titles == ["made in a browser"]
+
+
+def test_an_invite_link_opens_a_page_that_sets_the_password(live_server, make_person):
+    from selenium.webdriver.common.by import By
+
+    server = live_server()
+    owner = make_person()
+    key = requests.post(
+        f"{server.url}/api/v1/sessions", json={"email": owner["email"], "password": PASSWORD}, timeout=20
+    )
+    csrf = {"Origin": server.url, "X-CSRF-Token": key.json()["csrf_token"]}
+    invite = requests.post(
+        f"{server.url}/api/v1/members",
+        json={"email": "page@example.com"},
+        headers=csrf,
+        cookies=key.cookies,
+        timeout=20,
+    ).json()
+    with chromium() as browser:
+        browser.get(invite["invite_url"])
+        browser.find_element(By.ID, "password").send_keys("set on the invite page")
+        browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        deadline = time.monotonic() + 15
+        while not browser.find_element(By.ID, "result").text and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert browser.find_element(By.ID, "result").text == "Done: log in as page@example.com."
+        assert "#token=" not in browser.current_url
+    login = requests.post(
+        f"{server.url}/api/v1/sessions",
+        json={"email": "page@example.com", "password": "set on the invite page"},
+        timeout=20,
+    )
+    assert login.status_code == 201 and login.json()["session"]["role"] == "member"

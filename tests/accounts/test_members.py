@@ -192,3 +192,17 @@ def test_sign_up_when_enabled_creates_an_account_and_its_owner(make_app, setting
     assert taken.status_code == 409
     weak = client.post("/api/v1/signup", json={**body, "password": "short"})
     assert weak.status_code == 422 and "password" in weak.get_json()["errors"]
+
+
+def test_the_invite_page_runs_only_its_own_script_and_keeps_no_referrer(client):
+    response = client.get("/invite")
+    assert response.status_code == 200 and response.mimetype == "text/html"
+    csp = response.headers["Content-Security-Policy"]
+    assert "script-src 'sha256-" in csp and "connect-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    assert response.headers["Referrer-Policy"] == "no-referrer"
+    assert 'id="password"' in response.get_data(as_text=True)
+
+
+def test_invite_cannot_be_taken_as_a_custom_slug(client, auth):
+    response = client.post("/api/v1/links", json={"phone": "+14155552671", "slug": "invite"}, headers=auth)
+    assert response.status_code == 422 and "slug" in response.get_json()["errors"]
