@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from flask import Flask
+from flask import Flask, request
 from flask_cors import CORS
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -105,6 +105,14 @@ def init_cors(app: Flask, settings: Settings) -> None:
         methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
         vary_header=True,
     )
+
+    @app.after_request
+    def _vary_on_origin(response):
+        # Answers differ by Origin (CORS headers or none, CSRF refusals): caches must key on it, also for the
+        # origins flask-cors leaves unanswered.
+        if request.path.startswith("/api/v1/"):
+            response.vary.add("Origin")
+        return response
 
 
 def close_app(app: Flask) -> None:

@@ -55,6 +55,7 @@ def test_an_origin_not_listed_gets_no_cors_headers(cors_app):
     for origin in ("https://evil.example", "https://app.example.com.evil.example", "http://app.example.com"):
         response = _preflight(client, origin)
         assert not [h for h in response.headers if h[0].lower().startswith("access-control-")], origin
+        assert "Origin" in response.headers["Vary"]  # a shared cache must not serve this answer to another origin
 
 
 def test_by_default_no_origin_gets_cors_headers(client):
