@@ -59,11 +59,11 @@ def page_server(html: str) -> Iterator[str]:
     """Serve one HTML page on a port of its own on 127.0.0.1: a second origin; yields its origin."""
 
     class Page(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             body = html.encode()
             self.send_response(200)
-            self.send_header("Content-Type", "text/html; charset=utf-8")
-            self.send_header("Content-Length", str(len(body)))
+            for name, value in (("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(body)))):
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(body)
 
