@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help install lock run test test-fast bench bench-analytics ledger lint fmt migrate rollback api-key revoke-key rotate-secrets config replay-dead
+.PHONY: help install lock run test test-fast bench bench-analytics ledger lint fmt migrate rollback api-key revoke-key rotate-secrets config replay-dead user
 
 help: ## list the tasks
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -78,3 +78,7 @@ config: install ## print the effective settings (secrets masked) and where each 
 
 replay-dead: install ## move dead-lettered clicks (stream <KEY_PREFIX>clicks:dead, SPOOL_DIR/dead) back onto the click stream
 	$(PY) -m service.cli replay-dead
+
+user: install ## add EMAIL=<address> to ACCOUNT=<name> (owner; ROLE=member); pipe the password on stdin or get a set-password link
+	@test -n "$(EMAIL)" -a -n "$(ACCOUNT)" || { echo "usage: make user EMAIL=<address> ACCOUNT=<name> [ROLE=member] [< password file]" >&2; exit 2; }
+	@$(PY) -m service.cli user "$(EMAIL)" "$(ACCOUNT)" --role "$(or $(ROLE),owner)"

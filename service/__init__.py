@@ -5,10 +5,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from flask import Flask
+from flask import Flask, request
+from flask_cors import CORS
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import config, health, monitoring, openapi, ratelimit
+from .accounts import routes as accounts
+from .accounts.sessions import Sessions
 from .analytics import routes as analytics
 from .clicks.capture import ClickCapture
 from .clicks.pipeline import STAGING_DDL, ClickSink, Spool
@@ -82,10 +85,21 @@ def create_app(settings: Settings | None = None) -> Flask:
             "chatlink.click_sink": sink,
             "chatlink.redirector": redirector,
             "chatlink.secret_box": SecretBox(settings.secrets_key),
+            "chatlink.sessions": Sessions(db, redis, settings),
         }
     )
 
-    for blueprint in (health.bp, monitoring.bp, links.bp, analytics.bp, leads.api, webhooks.bp, leads.bp):
+    for blueprint in (
+        health.bp,
+        monitoring.bp,
+        accounts.bp,
+        accounts.pages,
+        links.bp,
+        analytics.bp,
+        leads.api,
+        webhooks.bp,
+        leads.bp,
+    ):
         app.register_blueprint(blueprint)
     openapi.init_app(app)
     app.register_blueprint(redirect.bp)  # last: /<slug> must not shadow the fixed paths
@@ -96,6 +110,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     metrics.sampler.add("redis-breaker", redis.sample_breaker)
     if settings.prometheus_multiproc_dir:  # under gunicorn: every worker publishes its gauges each second
         metrics.sampler.start()
+    init_cors(app, settings)
 
     app.wsgi_app = FastRedirects(app.wsgi_app, redirector)
     if settings.trusted_proxies:  # outermost, so that everything inside sees the client's address
@@ -112,6 +127,29 @@ def create_app(settings: Settings | None = None) -> Flask:
         app.wsgi_app, trust_request_id=settings.trusted_proxies > 0, write_access_log=settings.access_log
     )
     return app
+
+
+def init_cors(app: Flask, settings: Settings) -> None:
+    """CORS for the API only, for the exact origins of CORS_ORIGINS (none by default): the origin echoed, never
+    `*`, credentials allowed, preflights cached; the redirect and the lead form get no CORS headers."""
+    CORS(
+        app,
+        resources={r"/api/v1/*": {"origins": settings.cors_origin_list}},
+        supports_credentials=True,
+        max_age=settings.cors_max_age_seconds,
+        allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-CSRF-Token"],
+        expose_headers=["Location", "Retry-After", "Idempotency-Key", "Idempotent-Replayed"],
+        methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+        vary_header=True,
+    )
+
+    @app.after_request
+    def _vary_on_origin(response):
+        # Answers differ by Origin (CORS headers or none, CSRF refusals): caches must key on it, also for the
+        # origins flask-cors leaves unanswered.
+        if request.path.startswith("/api/v1/"):
+            response.vary.add("Origin")
+        return response
 
 
 def close_app(app: Flask) -> None:

@@ -1,4 +1,5 @@
-"""API keys: issue, hash, verify, revoke; the decorator that resolves the request's account."""
+"""Who a request is and for which account: an API key (Bearer) or a login session (cookie, with the CSRF check);
+API keys: issue, hash, verify, revoke; require_auth / require_owner, the one decorator every API view uses."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import secrets
 from collections.abc import Callable
 
 import psycopg
-from flask import g, request
+from flask import current_app, g, request
 
+from .accounts.sessions import sessions
 from .platform.db import database, query
 from .platform.errors import ApiError
 from .platform.observe import ACCOUNT_ID
@@ -43,19 +45,35 @@ def public_id_of(header_value: str | None) -> str | None:
     return KEY_PATTERN.match(key)[1] if key else None
 
 
+def new_key() -> tuple[str, str]:
+    """(public id, whole key) of a fresh key."""
+    public_id = "".join(secrets.choice(_PUBLIC_ALPHABET) for _ in range(8))
+    secret = "".join(secrets.choice(_SECRET_ALPHABET) for _ in range(43))  # 43 × log2(62) ≈ 256 bits
+    return public_id, f"clk_{public_id}_{secret}"
+
+
 def issue_key(conn: psycopg.Connection, account_name: str) -> str:
     """Create the account if needed and a new key for it (owner connection); return the key, shown once."""
     account_id = query(conn, "upsert_account", {"name": account_name}).fetchone()[0]
-    public_id = "".join(secrets.choice(_PUBLIC_ALPHABET) for _ in range(8))
-    secret = "".join(secrets.choice(_SECRET_ALPHABET) for _ in range(43))  # 43 × log2(62) ≈ 256 bits
-    key = f"clk_{public_id}_{secret}"
+    public_id, key = new_key()
     query(conn, "insert_api_key", {"account_id": account_id, "public_id": public_id, "secret_hash": hash_key(key)})
     return key
+
+
+def issue_account_key(conn: psycopg.Connection) -> dict:
+    """A new key of the account conn acts for (the API-keys API): its public id, creation time and the key."""
+    public_id, key = new_key()
+    row = query(conn, "insert_account_key", {"public_id": public_id, "secret_hash": hash_key(key)}).fetchone()
+    return {**row, "key": key}
 
 
 def revoke_key(conn: psycopg.Connection, public_id: str) -> bool:
     """Revoke the key with this public id (owner connection); False when no live key has it."""
     return query(conn, "revoke_api_key", {"public_id": public_id}).fetchone() is not None
+
+
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+ROLES = ("member", "owner")  # each role may do what the ones before it may
 
 
 def _unauthorized(detail: str) -> ApiError:
@@ -65,9 +83,7 @@ def _unauthorized(detail: str) -> ApiError:
 
 def authenticate() -> int:
     """The account id of the request's valid, unrevoked API key; raise 401 otherwise."""
-    header = request.headers.get("Authorization")
-    if not header:
-        raise _unauthorized("Send 'Authorization: Bearer <api key>'.")
+    header = request.headers.get("Authorization", "")
     key = presented_key(header)
     if key is None:
         raise _unauthorized("The API key is malformed.")
@@ -80,12 +96,86 @@ def authenticate() -> int:
     return row["account_id"]
 
 
-def require_api_key(view: Callable) -> Callable:
-    """Run view only for a valid key, with g.account_id set to its account."""
+def session_token() -> str | None:
+    """The session token the request's cookie carries, if any."""
+    return request.cookies.get(sessions().cookie_name) or None
 
-    @functools.wraps(view)
-    def wrapped(*args, **kwargs):
-        g.account_id = request.environ[ACCOUNT_ID] = authenticate()  # the access log names the account
-        return view(*args, **kwargs)
 
-    return wrapped
+def allowed_origins() -> set[str]:
+    """Origins whose pages may change state with the session cookie: the service itself and CORS_ORIGINS."""
+    settings = current_app.config["SETTINGS"]
+    return {settings.public_base_url.lower(), *settings.cors_origin_list}
+
+
+def _request_origin() -> str | None:
+    origin = request.headers.get("Origin")
+    if origin and origin != "null":
+        return origin.lower()
+    referer = request.headers.get("Referer", "")
+    scheme, _, rest = referer.partition("://")
+    return f"{scheme}://{rest.split('/', 1)[0]}".lower() if rest else None
+
+
+def check_origin() -> None:
+    """403 unless the request comes from a page of an allowed origin (Origin, else Referer)."""
+    if _request_origin() not in allowed_origins():
+        raise ApiError(
+            403, "csrf-failed", "Cross-site request refused", "The request's Origin is not allowed to use this session."
+        )
+
+
+def _check_csrf(session) -> None:
+    check_origin()
+    presented = request.headers.get("X-CSRF-Token", "")
+    if not hmac.compare_digest(presented.encode(), sessions().csrf_token(session).encode()):
+        raise ApiError(
+            403,
+            "csrf-failed",
+            "Cross-site request refused",
+            "Send the session's CSRF token (from log-in or GET /api/v1/sessions/current) in X-CSRF-Token.",
+        )
+
+
+def identify() -> None:
+    """Resolve the request's identity into g: account_id, role, and for a session user_id and session.
+    A Bearer key wins over a cookie and acts as the account's owner; a session acts with its member's role
+    and must pass the CSRF check to change anything."""
+    g.user_id, g.session = None, None
+    if request.headers.get("Authorization"):
+        g.account_id, g.role = authenticate(), "owner"
+        request.environ[ACCOUNT_ID] = g.account_id  # the access log names the account
+        return
+    token = session_token()
+    if token is None:
+        raise _unauthorized("Send 'Authorization: Bearer <api key>', or log in (POST /api/v1/sessions).")
+    session = sessions().check(token)
+    if session is None:
+        raise _unauthorized("The session has ended; log in again.")
+    if request.method in UNSAFE_METHODS:
+        _check_csrf(session)
+    g.account_id, g.role, g.user_id, g.session = session.account_id, session.role, session.user_id, session
+    request.environ[ACCOUNT_ID] = g.account_id
+
+
+def _requiring(role: str) -> Callable[[Callable], Callable]:
+    def decorate(view: Callable) -> Callable:
+        @functools.wraps(view)
+        def wrapped(*args, **kwargs):
+            identify()
+            if ROLES.index(g.role) < ROLES.index(role):
+                raise ApiError(403, "forbidden", "Forbidden", f"Only an account {role} may do this.")
+            return view(*args, **kwargs)
+
+        return wrapped
+
+    return decorate
+
+
+def require_auth(view: Callable) -> Callable:
+    """Run view for an API key or any member's session, with g.account_id set to its account."""
+    return _requiring("member")(view)
+
+
+def require_owner(view: Callable) -> Callable:
+    """Run view only for an API key or an owner's session (403 problem+json for a member)."""
+    return _requiring("owner")(view)

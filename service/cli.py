@@ -1,11 +1,12 @@
-"""Command-line tasks: migrate, rollback, api-key, revoke-key, rotate-secrets, replay-dead, config (run by the
-Makefile through `python -m service.cli`)."""
+"""Command-line tasks: migrate, rollback, api-key, revoke-key, user, rotate-secrets, replay-dead, config (run by
+the Makefile through `python -m service.cli`)."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -13,6 +14,8 @@ import psycopg.rows
 from redis import RedisError
 
 from . import auth
+from .accounts import passwords, store
+from .accounts.routes import INVITE_LIFETIME, invite_url
 from .clicks.drainer import Drainer
 from .clicks.pipeline import Spool
 from .config import ConfigError, Settings, describe, load_settings
@@ -74,6 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("rotate-secrets", help="re-encrypt stored secrets with the first key of SECRETS_KEY")
     commands.add_parser("config", help="print the effective settings (secrets masked) and where each came from")
     commands.add_parser("replay-dead", help="move dead-lettered clicks back onto the click stream (after a fix)")
+    user = commands.add_parser(
+        "user", help="add a person to an account; password from stdin, else a one-time set-password link"
+    )
+    user.add_argument("email")
+    user.add_argument("account")
+    user.add_argument("--role", choices=["owner", "member"], default="owner")
     args = parser.parse_args(argv)
     if args.command == "config":
         return print_config()
@@ -105,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "rotate-secrets":
             count = rotate_secrets(url, SecretBox(settings.secrets_key))
             print(f"re-encrypted {count} stored secrets with the first key of SECRETS_KEY")
+        elif args.command == "user":
+            return add_user(url, settings, args.email, args.account, args.role)
     except (
         ConfigError,
         migrations.MigrationError,
@@ -128,6 +139,28 @@ def print_config() -> int:
     width = max(len(name) for name, _, _ in rows)
     for name, value, source in rows:
         print(f"{name:<{width}}  {value or '(empty)'}  [{source}]")
+    return 0
+
+
+def add_user(url: str, settings: Settings, email: str, account: str, role: str) -> int:
+    """Create the person (and account) if new with the role; set the password piped on stdin, or print a
+    one-time set-password link (valid 72 h) when stdin is a terminal or empty. Never a password in argv."""
+    email = passwords.normalize_email(email)
+    password = "" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.read().removesuffix("\n")
+    if password and (problems := passwords.password_problems(password)):
+        print("error: password refused: " + " ".join(problems), file=sys.stderr)
+        return 1
+    migrations.migrate(url)
+    with psycopg.connect(url) as conn:
+        account_id, user_id = store.admin_user(conn, account, email, role)
+        if password:
+            store.admin_set_password(conn, user_id, passwords.hash_password(password))
+            print(f"{email} is {role} of '{account}'; password set")
+            return 0
+        expires_at = datetime.now(UTC) + INVITE_LIFETIME
+        token = store.admin_set_password_token(conn, account_id, email, role, expires_at)
+    print(f"{email} is {role} of '{account}'. One-time link to set the password (valid 72 h):")
+    print(invite_url(settings.public_base_url, token))
     return 0
 
 

@@ -75,6 +75,14 @@ def _fernet_keys(raw: str) -> str:
     return raw
 
 
+def _origins(raw: str) -> str:
+    origins = [o.strip().lower() for o in raw.split(",") if o.strip()]
+    for origin in origins:
+        if not re.fullmatch(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?", origin):
+            raise ValueError(f"{origin!r} is not an origin such as https://app.example.com (no path, no *)")
+    return ",".join(origins)
+
+
 def _text(raw: str) -> str:
     return raw
 
@@ -211,9 +219,24 @@ class Settings:
     health_drain_lag_seconds: int = env(
         "60", _int(1, 86400), "/health warns when the oldest click not yet drained from Redis is older than this."
     )
+    # issue 12: people, sessions, CORS and CSRF.
+    session_idle_minutes: int = env("30", _int(1, 1440), "A login session unused this long ends (server-side).")
+    session_max_hours: int = env("8", _int(1, 720), "A login session ends this long after login, used or not.")
+    signup_enabled: bool = env("0", _bool, "1: anyone may create an account and its owner (POST /api/v1/signup).")
+    cors_origins: str = env("", _origins, "Comma-separated exact origins of browser front ends that may call the API.")
+    cors_max_age_seconds: int = env("600", _int(0, 86400), "How long browsers may cache a CORS preflight answer.")
+    rate_limit_login: str = env("30/minute", _rate, "Per client IP, log-in, sign-up and invite attempts.")
+    rate_limit_login_account: str = env(
+        "5/minute;50/day", _rate, "Per email and client IP, failed log-ins (no lock-out others can trigger)."
+    )
     require_services: bool = env(
         "0", _bool, "1: never start embedded PostgreSQL/Redis; fail when the local ones do not answer (CI)."
     )
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        """CORS_ORIGINS as a list of exact origins."""
+        return [o for o in self.cors_origins.split(",") if o]
 
     @property
     def public_base_url(self) -> str:

@@ -10,6 +10,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint, Flask, Response, json
 from flask_swagger_ui import get_swaggerui_blueprint
 
+from .accounts.routes import AcceptIn, InviteIn, LoginIn, PasswordChangeIn, SignupIn
 from .analytics.queries import AccountStatsQuery, ClicksQuery, LinkStatsQuery
 from .clicks.pipeline import API_FIELDS as CLICK_FIELDS
 from .leads.routes import LeadsQuery
@@ -43,8 +44,9 @@ PROBLEM = {
     },
 }
 PROBLEM_TEXT = {
-    400: "Malformed JSON, or nested deeper than 16.",
-    401: "Missing, malformed, invalid or revoked API key.",
+    400: "Malformed JSON, or nested deeper than 16; for an invite, a used, expired or unknown token.",
+    401: "Missing, malformed, invalid or revoked API key, an ended session, or a failed log-in.",
+    403: "A member's owner action, a failed CSRF check, or an API key where a session is needed.",
     404: "No such resource in this account.",
     409: "The custom slug is taken.",
     413: "Body over 16 KiB.",
@@ -146,6 +148,7 @@ def _operation(
     csv: bool = False,
     headers: list | None = None,
     example: dict | None = None,
+    public: bool = False,
 ) -> dict:
     """One operation: its success answer, the problems it may give (401, 429 and 503 always), its inputs."""
     content = None
@@ -158,7 +161,9 @@ def _operation(
     for status in sorted({401, 429, 503, *problems}):
         responses[str(status)] = {"$ref": f"#/components/responses/Problem{status}"}
     responses["414"] = {"$ref": "#/components/responses/UriTooLong"}
-    operation = {"summary": summary, "responses": responses, "security": [{"apiKey": []}]}
+    # Every /api/v1 operation takes a key or a session, but for the few that start one (log-in, sign-up, invites).
+    security = [] if public else [{"apiKey": []}, {"session": []}]
+    operation = {"summary": summary, "responses": responses, "security": security}
     parameters = list(headers or [])
     if query is not None:
         parameters.append({"in": "query", "schema": query})
@@ -200,6 +205,15 @@ def build_spec(server_url: str = "/") -> dict:
         servers=[{"url": server_url}],
     )
     spec.components.security_scheme("apiKey", {"type": "http", "scheme": "bearer", "description": "clk_… API key"})
+    spec.components.security_scheme(
+        "session",
+        {
+            "type": "apiKey",
+            "in": "cookie",
+            "name": "chatlink_session",
+            "description": "The log-in session cookie (__Host-chatlink_session over https); changes need X-CSRF-Token.",
+        },
+    )
     for name, schema in (("Problem", PROBLEM), ("Link", LINK), ("Webhook", WEBHOOK), ("WhatsApp", WHATSAPP)):
         spec.components.schema(name, schema)
     for name, schema in (("LinkCreate", LinkCreate), ("LinkEdit", LinkEdit)):
@@ -339,9 +353,95 @@ def build_spec(server_url: str = "/") -> dict:
             "delete": _operation("Stop WhatsApp notifications", 204),
         },
     }
+    paths.update(_people_paths())
     for path, operations in paths.items():
         spec.path(path=path, parameters=operations.pop("parameters", None), operations=operations)
     return spec.to_dict()
+
+
+def _items(item: dict | None = None) -> dict:
+    return {
+        "type": "object",
+        "required": ["items"],
+        "properties": {"items": {"type": "array", "items": item or {"type": "object"}}},
+    }
+
+
+def _people_paths() -> dict:
+    """Sessions, members and invites, sign-up and the API-keys API (service/accounts/routes.py)."""
+    person = (403,)  # an API key where the person's session is needed
+    owner = (403,)  # a member's session
+    return {
+        "/api/v1/sessions": {
+            "post": _operation(
+                "Log in (sets the session cookie)",
+                201,
+                {"type": "object"},
+                problems=(*BODY, 403),
+                request=LoginIn,
+                public=True,
+            ),
+            "get": _operation("The person's live sessions", 200, _items(), problems=person),
+        },
+        "/api/v1/sessions/current": {
+            "get": _operation("This session and its CSRF token", 200, {"type": "object"}, problems=person),
+            "delete": _operation("Log out", 204, problems=person),
+        },
+        "/api/v1/sessions/{session_id}": {
+            "parameters": [_id("session_id")],
+            "delete": _operation("End one of the person's sessions", 204, problems=(*person, 404)),
+        },
+        "/api/v1/me/password": {
+            "put": _operation(
+                "Change the password (ends the other sessions)",
+                204,
+                problems=(*BODY, *person),
+                request=PasswordChangeIn,
+            ),
+        },
+        "/api/v1/members": {
+            "post": _operation(
+                "Invite a person (a one-time link, valid 72 h)",
+                201,
+                {"type": "object"},
+                problems=(*BODY, *owner),
+                request=InviteIn,
+            ),
+            "get": _operation("The account's people and roles", 200, _items(), problems=owner),
+        },
+        "/api/v1/members/{user_id}": {
+            "parameters": [{"name": "user_id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+            "delete": _operation("Remove a person from the account", 204, problems=(*owner, 404)),
+        },
+        "/api/v1/invites/accept": {
+            "post": _operation(
+                "Accept an invite or a set-password link",
+                200,
+                {"type": "object"},
+                problems=BODY,
+                request=AcceptIn,
+                public=True,
+            ),
+        },
+        "/api/v1/signup": {
+            "post": _operation(
+                "Create an account and its owner (SIGNUP_ENABLED)",
+                201,
+                {"type": "object"},
+                problems=(*BODY, 404, 409),
+                request=SignupIn,
+                public=True,
+            ),
+        },
+        "/api/v1/api-keys": {
+            "post": _operation("A new API key (shown once)", 201, {"type": "object"}, problems=owner),
+            "get": _operation("The account's API keys (never the secret)", 200, _items(), problems=owner),
+        },
+        "/api/v1/api-keys/{public_id}": {
+            "parameters": [_id("public_id")],
+            "delete": _operation("Revoke an API key", 204, problems=(*owner, 404)),
+        },
+    }
 
 
 @cache

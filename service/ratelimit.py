@@ -8,6 +8,8 @@ from flask_limiter import Limiter
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from .accounts.passwords import normalize_email
+from .accounts.sessions import sessions
 from .auth import presented_key
 from .config import Settings
 from .platform.redis import RedisClient
@@ -27,9 +29,22 @@ def client_ip() -> str:
 def api_key_or_ip() -> str:
     """A well-formed key counts against a hash of the whole key as authentication reads it (not of the raw
     header, whose spaces would give each spelling a fresh bucket; not of the public id alone, so a forged key
-    with someone's public id cannot use up their limit), and anything else against the address."""
-    key = presented_key(request.headers.get("Authorization"))
-    return "key:" + _keyed(key) if key else client_ip()
+    with someone's public id cannot use up their limit), a session cookie against a hash of its token, anything
+    else against the address."""
+    header = request.headers.get("Authorization")
+    key = presented_key(header)
+    if key:
+        return "key:" + _keyed(key)
+    cookie = request.cookies.get(sessions().cookie_name)
+    return "session:" + _keyed(cookie) if cookie and not header else client_ip()
+
+
+def login_email_and_ip() -> str:
+    """Failed log-ins count per email *and* address: guessing one person's password is slowed, while nobody
+    elsewhere can lock that person out by failing on purpose."""
+    body = request.get_json(silent=True)
+    email = body.get("email") if isinstance(body, dict) else None
+    return "login:" + _keyed(f"{normalize_email(email) if isinstance(email, str) else ''}|{client_ip()}")
 
 
 def storage_uri(redis_url: str) -> str:
@@ -62,7 +77,7 @@ def init_app(app: Flask, settings: Settings, redis: RedisClient) -> None:
     api_limit = limiter.shared_limit(settings.rate_limit_api, scope="api", key_func=api_key_or_ip)
     # Every call also counts against its address, so made-up keys (each its own bucket) are limited too.
     api_ip_limit = limiter.shared_limit(settings.rate_limit_api_per_ip, scope="api-ip")
-    for name in ("links", "analytics", "leads_api", "webhooks"):
+    for name in ("accounts", "links", "analytics", "leads_api", "webhooks"):
         api_limit(app.blueprints[name])
         api_ip_limit(app.blueprints[name])
     create = "links.create_link"
@@ -72,7 +87,20 @@ def init_app(app: Flask, settings: Settings, redis: RedisClient) -> None:
         scope="create",
         override_defaults=False,
     )(app.view_functions[create])
+    # Log-in, sign-up and invites: per address, and failed log-ins per email and address (only 401s count).
+    for view in ("accounts.login", "accounts.accept_invite", "accounts.signup"):
+        app.view_functions[view] = limiter.limit(settings.rate_limit_login, scope="login-ip", override_defaults=False)(
+            app.view_functions[view]
+        )
+    app.view_functions["accounts.login"] = limiter.limit(
+        settings.rate_limit_login_account,
+        key_func=login_email_and_ip,
+        scope="login-account",
+        deduct_when=lambda response: response.status_code == 401,
+        override_defaults=False,
+    )(app.view_functions["accounts.login"])
     limiter.limit(settings.rate_limit_lead)(app.blueprints["leads"])
+    limiter.limit(settings.rate_limit_login)(app.blueprints["accounts_pages"])
     limiter.exempt(app.blueprints["health"])
     limiter.exempt(app.blueprints["metrics"])
     limiter.exempt(app.blueprints["redirect"])  # RedirectLimits counts those, in the redirect's own script

@@ -1,13 +1,16 @@
 """Helpers the tests and the benchmark share: free ports, dropping a database they created, a TCP proxy that can
-slow down or stop a real server."""
+slow down or stop a real server, headless Chromium."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -127,3 +130,42 @@ def wait_until_serving(url: str, process, seconds: float, log: Path, what: str) 
         if process.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"{what} did not start:\n{log.read_text()}")
         time.sleep(0.1)
+
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+@contextmanager
+def chromium(phone_width: int | None = None) -> Iterator:
+    """A headless Debian Chromium driven by selenium (skips the test when it is not installed), optionally
+    emulating a phone phone_width CSS pixels wide."""
+    import pytest
+
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.skip("Chromium is not installed: apt-get install chromium chromium-driver (.ci/run does)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ):
+        options.add_argument(flag)
+    if phone_width:
+        options.add_experimental_option(
+            "mobileEmulation", {"deviceMetrics": {"width": phone_width, "height": 640, "pixelRatio": 2.0}}
+        )
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(15)
+    try:
+        yield driver
+    finally:
+        driver.quit()

@@ -6,7 +6,7 @@ import uuid
 
 from flask import Blueprint, Response, g, request
 
-from ..auth import require_api_key
+from ..auth import require_auth
 from ..clicks.pipeline import API_FIELDS
 from ..leads.store import count_leads
 from ..links import slugs
@@ -29,7 +29,7 @@ def _link(conn, slug: str) -> Link:
 
 
 @bp.get("/links/<slug:slug>/stats")
-@require_api_key
+@require_auth
 def link_stats(slug: str) -> Response:
     """Totals, a zero-filled series and top-N breakdowns for one link. 200; 401, 404, 422."""
     args = load_or_422(LinkStatsQuery(), request.args.to_dict())
@@ -79,7 +79,7 @@ def link_stats(slug: str) -> Response:
 
 
 @bp.get("/stats")
-@require_api_key
+@require_auth
 def account_stats() -> Response:
     """The account's totals and top links in the range. 200; 401, 422."""
     args = load_or_422(AccountStatsQuery(), request.args.to_dict())
@@ -93,7 +93,7 @@ def account_stats() -> Response:
 
 
 @bp.get("/links/<slug:slug>/clicks")
-@require_api_key
+@require_auth
 def link_clicks(slug: str) -> Response:
     """Raw clicks newest first (cursor pages), or the whole range as formula-safe CSV. 200; 401, 404, 422."""
     args = load_or_422(ClicksQuery(), request.args.to_dict())

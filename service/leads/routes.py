@@ -10,7 +10,7 @@ from itsdangerous import BadSignature, SignatureExpired
 from marshmallow import fields, validate
 
 from ..analytics.queries import ClicksQuery
-from ..auth import require_api_key
+from ..auth import require_auth
 from ..config import settings
 from ..links import slugs
 from ..links import store as links
@@ -118,21 +118,21 @@ def _list(link_slug: str | None) -> Response:
 
 
 @api.get("/leads")
-@require_api_key
+@require_auth
 def list_leads() -> Response:
     """The account's leads, newest first, with their click's attribution; CSV on request. 200; 401, 404, 422."""
     return _list(None)
 
 
 @api.get("/links/<slug:slug>/leads")
-@require_api_key
+@require_auth
 def list_link_leads(slug: str) -> Response:
     """One link's leads, as GET /leads?link=<slug>. 200; 401, 404, 422."""
     return _list(slug)
 
 
 @api.delete("/leads/<lead_id>")
-@require_api_key
+@require_auth
 def erase_lead(lead_id: str) -> Response:
     """Erase a lead and its undelivered events (data-subject request). 204; 401, 404."""
     lead_missing = not_found("lead", "No such lead in this account.")

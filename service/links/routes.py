@@ -7,7 +7,7 @@ from collections.abc import Callable
 import psycopg
 from flask import Blueprint, Response, g, request
 
-from ..auth import require_api_key
+from ..auth import require_auth
 from ..config import settings
 from ..platform.db import database
 from ..platform.errors import ApiError, invalid, not_found
@@ -30,7 +30,7 @@ def _link_not_found(slug: str) -> ApiError:
 
 
 @bp.post("/links")
-@require_api_key
+@require_auth
 def create_link() -> Response:
     """Create a link. 201 with the link and Location; 400, 401, 409, 413, 415, 422, 429."""
     body = read_json_object()
@@ -50,7 +50,9 @@ def create_link() -> Response:
                         "Idempotency-Key reused",
                         "This Idempotency-Key was used with a different body.",
                     )
-                return _created(earlier["body"], earlier["status"])
+                replay = _created(earlier["body"], earlier["status"])
+                replay.headers["Idempotent-Replayed"] = "true"  # exposed to browser front ends by CORS
+                return replay
         link = store.insert_link(conn, data)
         representation = _api(link)
         events.queue_link_created(conn, representation)
@@ -65,14 +67,14 @@ def _created(body: dict, status: int) -> Response:
 
 
 @bp.get("/links/<slug:slug>")
-@require_api_key
+@require_auth
 def get_link(slug: str) -> Response:
     """One link of the account. 200; 401, 404."""
     return json_response(_api(_in_account(slug, store.get_link)))
 
 
 @bp.patch("/links/<slug:slug>")
-@require_api_key
+@require_auth
 def edit_link(slug: str) -> Response:
     """Change any editable field. 200 with the link; 400, 401, 404, 413, 415, 422."""
     changes = load_or_422(LinkEdit(), read_json_object())
@@ -89,7 +91,7 @@ def edit_link(slug: str) -> Response:
 
 
 @bp.delete("/links/<slug:slug>")
-@require_api_key
+@require_auth
 def delete_link(slug: str) -> Response:
     """Delete a link; its redirect answers 410 from then on. 204; 401, 404."""
     link_cache().store(_in_account(slug, store.delete_link))
@@ -107,7 +109,7 @@ def _in_account(slug: str, action: Callable[[psycopg.Connection, str], Link | No
 
 
 @bp.get("/links")
-@require_api_key
+@require_auth
 def list_links() -> Response:
     """The account's links, newest first, with cursor pagination. 200; 401, 422."""
     args = load_or_422(LinkListQuery(), request.args.to_dict())

@@ -27,6 +27,7 @@ RESERVED = frozenset(
         "admin",
         "login",
         "logout",
+        "invite",
         "favicon.ico",
         "robots.txt",
         "sitemap.xml",

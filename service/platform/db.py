@@ -149,11 +149,15 @@ class Database:
         self.breaker.success()
 
     @contextmanager
-    def transaction(self, account_id: int | None = None) -> Iterator[psycopg.Connection]:
-        """A connection inside a transaction, acting for account_id under row-level security."""
+    def transaction(self, account_id: int | None = None, user_id: int | None = None) -> Iterator[psycopg.Connection]:
+        """A connection inside a transaction, acting for account_id (and the person user_id, when a person acts)
+        under row-level security."""
         with self.connection() as conn, conn.transaction():
-            if account_id is not None:
-                conn.execute("select set_config('chatlink.account_id', %s, true)", [str(account_id)])
+            if account_id is not None or user_id is not None:
+                conn.execute(
+                    "select set_config('chatlink.account_id', %s, true), set_config('chatlink.user_id', %s, true)",
+                    ["" if account_id is None else str(account_id), "" if user_id is None else str(user_id)],
+                )
             yield conn
 
     def unscoped_one(self, name: str, params: Any = None) -> dict | None:

@@ -8,7 +8,7 @@ import uuid
 from flask import Blueprint, Response, g
 from marshmallow import RAISE, Schema, fields, validate
 
-from ..auth import require_api_key
+from ..auth import require_auth
 from ..config import settings
 from ..links.target import InvalidPhone, normalize_phone
 from ..platform.db import database
@@ -81,7 +81,7 @@ def _sealed(secret: str) -> str:
 
 
 @bp.post("/webhooks")
-@require_api_key
+@require_auth
 def create_webhook() -> Response:
     """Register an endpoint; the signing secret is in this answer only. 201; 400, 401, 413, 415, 422, 503."""
     data = load_or_422(WebhookIn(), read_json_object())
@@ -103,7 +103,7 @@ def create_webhook() -> Response:
 
 
 @bp.get("/webhooks")
-@require_api_key
+@require_auth
 def list_webhooks() -> Response:
     """The account's endpoints (without secrets). 200; 401."""
     with database().transaction(g.account_id) as conn:
@@ -112,7 +112,7 @@ def list_webhooks() -> Response:
 
 
 @bp.delete("/webhooks/<webhook_id>")
-@require_api_key
+@require_auth
 def delete_webhook(webhook_id: str) -> Response:
     """Remove an endpoint and its pending deliveries. 204; 401, 404."""
     with database().transaction(g.account_id) as conn:
@@ -122,7 +122,7 @@ def delete_webhook(webhook_id: str) -> Response:
 
 
 @bp.get("/webhooks/<webhook_id>/deliveries")
-@require_api_key
+@require_auth
 def list_deliveries(webhook_id: str) -> Response:
     """The delivery log of an endpoint, newest first, with every attempt. 200; 401, 404."""
     parsed = _webhook_id(webhook_id)
@@ -134,7 +134,7 @@ def list_deliveries(webhook_id: str) -> Response:
 
 
 @bp.put("/whatsapp")
-@require_api_key
+@require_auth
 def put_whatsapp() -> Response:
     """Configure the WhatsApp Business notification of new leads. 200 (the token is never returned); 4xx."""
     data = load_or_422(WhatsAppIn(), read_json_object())
@@ -149,7 +149,7 @@ def put_whatsapp() -> Response:
 
 
 @bp.get("/whatsapp")
-@require_api_key
+@require_auth
 def get_whatsapp() -> Response:
     """The WhatsApp Business settings without the access token. 200; 401, 404."""
     with database().transaction(g.account_id) as conn:
@@ -160,7 +160,7 @@ def get_whatsapp() -> Response:
 
 
 @bp.delete("/whatsapp")
-@require_api_key
+@require_auth
 def delete_whatsapp() -> Response:
     """Stop WhatsApp Business notifications and forget the token. 204; 401."""
     with database().transaction(g.account_id) as conn:

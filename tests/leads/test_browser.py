@@ -1,6 +1,5 @@
 """The lead form in a real headless Chromium at phone size: fill, submit, arrive at wa.me with the greeting."""
 
-import shutil
 import time
 from pathlib import Path
 
@@ -8,40 +7,17 @@ import pytest
 import requests
 
 from tests.conftest import ROOT
+from tests.support import chromium
 
 pytestmark = pytest.mark.live
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 SCREENSHOT = ROOT / "artifacts" / "lead-form.png"
 
 
 @pytest.fixture
 def browser():
-    if not (CHROMIUM and CHROMEDRIVER):
-        pytest.skip("Chromium is not installed: apt-get install chromium chromium-driver (.ci/run does)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-    ):
-        options.add_argument(flag)
     # A small phone: 320 CSS pixels wide, the narrowest width the page must work at.
-    options.add_experimental_option(
-        "mobileEmulation", {"deviceMetrics": {"width": 320, "height": 640, "pixelRatio": 2.0}}
-    )
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(15)
-    yield driver
-    driver.quit()
+    with chromium(phone_width=320) as driver:
+        yield driver
 
 
 def test_a_visitor_fills_the_form_on_a_phone_and_lands_on_wa_me(live_server, api_key, browser):

@@ -1,0 +1,1 @@
+"""People: users, memberships, invites, passwords and login sessions."""
