@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import sys
-import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,7 +94,43 @@ SUPERVISOR = Supervisor(
 HEARTBEAT_SECONDS = 1.0
 
 
-def _take_lock(directory: Path, stop: threading.Event) -> int:
+class SignalStop:
+    """Asked for by SIGTERM/SIGINT: a plain flag the handlers set, polled by whoever waits on it.
+
+    Not a threading.Event: Event.set takes a lock, and a second signal arriving while the first handler is inside
+    set() runs the handler again in the same thread, which then waits for that lock forever. Two signals at once
+    is what a master's exit sends (the supervisor's SIGTERM and the parent-death SIGTERM): the process hung, an
+    orphan holding its lock and its consumer."""
+
+    POLL_SECONDS = 0.05
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def set(self, *_: object) -> None:
+        """The signal handler: no lock, nothing that can block."""
+        self.requested = True
+
+    def is_set(self) -> bool:
+        return self.requested
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to seconds, or until asked to stop; True when asked."""
+        deadline = time.monotonic() + seconds
+        while not self.requested and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, self.POLL_SECONDS))
+        return self.requested
+
+
+def stop_on_signals() -> SignalStop:
+    """A SignalStop that SIGTERM and SIGINT set."""
+    stop = SignalStop()
+    signal.signal(signal.SIGTERM, stop.set)
+    signal.signal(signal.SIGINT, stop.set)
+    return stop
+
+
+def _take_lock(directory: Path, stop: SignalStop) -> int:
     """Hold SPOOL_DIR/background.lock (pid inside) for the life of the process: a second background process for
     the same directory (an orphan of a crashed master, a second `make run`) waits here instead of running."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -121,9 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.parent:
         die_with_parent(args.parent)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop = stop_on_signals()
     settings = load_settings()
     logs.configure(settings.log_format, settings.log_level)
     spool_dir = Path(settings.spool_dir)
