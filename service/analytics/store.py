@@ -66,9 +66,21 @@ def account_top_links(conn: psycopg.Connection, params: dict) -> list[dict]:
     return query(conn, "account_top_links", {**params, **by_utc_days(params["start"], params["end"])}).fetchall()
 
 
+def _after(after_at, after_id) -> dict:
+    """The keyset position to continue after; the first page starts after the newest possible one."""
+    return (
+        {"after_at": "infinity", "after_id": LAST_UUID}
+        if after_at is None
+        else {"after_at": after_at, "after_id": after_id}
+    )
+
+
+LAST_UUID = "ffffffff-ffff-ffff-ffff-ffffffffffff"
+
+
 def list_clicks(conn: psycopg.Connection, params: dict, after_at, after_id, limit: int) -> list[dict]:
     """A newest-first page of a link's raw clicks in the range after the cursor."""
-    return query(conn, "list_clicks", {**params, "after_at": after_at, "after_id": after_id, "limit": limit}).fetchall()
+    return query(conn, "list_clicks", {**params, **_after(after_at, after_id), "limit": limit}).fetchall()
 
 
 # Where each API field, and the keyset position, stand in a clicks row (`select *`: COLUMNS' order).
@@ -78,8 +90,7 @@ _AT, _KEY = COLUMNS.index("clicked_at"), COLUMNS.index("click_id")
 
 def export_clicks(conn: psycopg.Connection, params: dict, after_at, after_id, limit: int) -> list[tuple]:
     """A page of list_clicks as plain tuples in COLUMNS' order (no dict per row: exports run to millions)."""
-    params = {**params, "after_at": after_at, "after_id": after_id, "limit": limit}
-    return query(conn, "list_clicks", params, tuple_row).fetchall()
+    return query(conn, "list_clicks", {**params, **_after(after_at, after_id), "limit": limit}, tuple_row).fetchall()
 
 
 def export_position(row: tuple) -> tuple:

@@ -84,6 +84,10 @@ select l.slug, l.title, c.clicks::bigint, c.bot_clicks::bigint, c.unique_visitor
 select *
   from clicks
  where link_id = %(link_id)s and clicked_at >= %(start)s and clicked_at < %(end)s
-   and (%(after_at)s::timestamptz is null or (clicked_at, click_id) < (%(after_at)s, %(after_id)s::uuid))
+   -- After the cursor ('infinity' for the first page): plain comparisons, so that a prepared (generic) plan still
+   -- starts its index scan at the cursor. With "cursor is null or …" each page of an export rescanned the link's
+   -- clicks from the newest one (6,000 rows/s at a million clicks).
+   and clicked_at <= %(after_at)s::timestamptz
+   and (clicked_at, click_id) < (%(after_at)s::timestamptz, %(after_id)s::uuid)
  order by clicked_at desc, click_id desc
  limit %(limit)s;
