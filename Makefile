@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help install lock run test test-fast bench bench-analytics ledger lint fmt migrate rollback api-key revoke-key rotate-secrets config replay-dead user
+.PHONY: help install lock run test test-fast bench bench-instructions bench-analytics ledger lint fmt migrate rollback api-key revoke-key rotate-secrets config replay-dead user
 
 help: ## list the tasks
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ test-fast: install ## the tests that need no live gunicorn and no browser
 
 bench: install ## benchmark redirects and link creation with wrk (own database and Redis prefix; ~1 min)
 	$(PY) -m tests.bench.run
+
+bench-instructions: install ## instructions per cached redirect (callgrind), BEFORE=<revision> against this tree (~10 min)
+	$(PY) -m tests.bench.instructions
 
 bench-analytics: install ## analytics at 10 million clicks: stats, link list and CSV export through gunicorn (~10 min)
 	$(PY) -m tests.bench.analytics

@@ -59,6 +59,7 @@ errorlog = "-"
 # route, status, duration and request id, never the client address. Every message has its addresses masked.
 logconfig_dict = logs.dict_config(settings.log_format, settings.log_level)
 accesslog = None
+logger_class = "service.platform.logs.GunicornLogger"  # a name, not the class: the benchmark's baseline copies it
 control_socket_disable = True  # several instances (tests, bench) run side by side; none uses gunicornc
 forwarded_allow_ips = "*" if settings.trusted_proxies else "127.0.0.1"
 

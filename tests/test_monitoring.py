@@ -2,12 +2,13 @@
 
 import json
 import logging
+import runpy
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.platform import logs
-from tests.conftest import background_for, drain
+from tests.conftest import ROOT, background_for, drain
 from tests.leads.test_routes import FORM, _open, _submit
 from tests.webhooks.test_routes import _make_due, _register
 
@@ -187,3 +188,18 @@ def test_the_request_id_reaches_the_event_it_caused_and_its_delivery(make_app, s
     [delivery] = receiver.received
     assert json.loads(delivery["body"])["request_id"] == "edge-7"
     assert delivery["headers"]["X-Request-Id"] == "edge-7"
+
+
+def test_gunicorn_builds_no_access_line_of_its_own():
+    """The access line is observe.py's. gunicorn's own, turned on by logconfig_dict, would cost every request a
+    dict of formatted atoms for a logger that drops them; with resp and req unset, building it would raise."""
+    from datetime import timedelta
+
+    from gunicorn.config import Config
+
+    config = Config()
+    settings = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    config.set("logger_class", settings.get("logger_class", "gunicorn.glogging.Logger"))
+    config.set("logconfig_dict", settings["logconfig_dict"])
+    logger = config.logger_class(config)
+    assert logger.access(None, None, {}, timedelta(milliseconds=1)) is None
