@@ -11,7 +11,7 @@ from tests.conftest import drain
 
 
 def _backdate(owner_conn, slug, hours_ago):
-    """Move a link's clicks and roll-ups back in time by whole days, keeping them consistent (hourly and daily)."""
+    """Move a link's clicks and roll-ups back in time by whole days, keeping every roll-up consistent."""
     assert hours_ago % 24 == 0, "the daily roll-ups move by whole days"
     shift = timedelta(hours=hours_ago)
     for table in ("click_daily", "click_breakdowns"):
@@ -27,6 +27,7 @@ def _backdate(owner_conn, slug, hours_ago):
         "update click_rollups set hour = hour - %s where link_id = (select id from links where slug = %s)",
         [shift, slug],
     )
+    owner_conn.execute("select rebuild_long_rollups()")  # the monthly and per-account ones, from the daily ones
 
 
 @pytest.fixture
