@@ -1,14 +1,13 @@
-"""All analytics SQL: a link's series and breakdowns, account totals and top links, raw clicks by keyset pages."""
+"""All analytics SQL: a link's series and breakdowns, account totals and top links, raw clicks (pages, CSV)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, time, timedelta
 
 import psycopg
-from psycopg.rows import tuple_row
 
-from ..clicks.pipeline import API_FIELDS, COLUMNS
-from ..platform.db import query
+from ..platform.db import copy_out, query
 
 DIMENSIONS = ("country", "referrer_host", "device_type", "browser", "os", "utm_source", "utm_medium", "utm_campaign")
 
@@ -93,16 +92,13 @@ def list_clicks(conn: psycopg.Connection, params: dict, after_at, after_id, limi
     return query(conn, "list_clicks", {**params, **_after(after_at, after_id), "limit": limit}).fetchall()
 
 
-# Where each API field, and the keyset position, stand in a clicks row (`select *`: COLUMNS' order).
-API_POSITIONS = [COLUMNS.index(name) for name in API_FIELDS]
-_AT, _KEY = COLUMNS.index("clicked_at"), COLUMNS.index("click_id")
+# An export runs as long as its client reads (a million clicks take seconds), not DB_TIMEOUT_MS; still bounded, so
+# that a client that stops reading without going away cannot hold a pooled connection for ever.
+EXPORT_STATEMENT_TIMEOUT = "30min"
 
 
-def export_clicks(conn: psycopg.Connection, params: dict, after_at, after_id, limit: int) -> list[tuple]:
-    """A page of list_clicks as plain tuples in COLUMNS' order (no dict per row: exports run to millions)."""
-    return query(conn, "list_clicks", {**params, **_after(after_at, after_id), "limit": limit}, tuple_row).fetchall()
-
-
-def export_position(row: tuple) -> tuple:
-    """An exported row's keyset position (clicked_at, click_id)."""
-    return row[_AT], row[_KEY]
+def export_clicks_csv(conn: psycopg.Connection, params: dict) -> Iterator[bytes]:
+    """A link's clicks in the range (params: link_id, start, end), newest first, as formula-safe CSV with its header
+    line, written by PostgreSQL (COPY) and streamed in chunks: no row is held in Python."""
+    conn.execute("select set_config('statement_timeout', %s, true)", [EXPORT_STATEMENT_TIMEOUT])
+    yield from copy_out(conn, "export_clicks_csv", params)

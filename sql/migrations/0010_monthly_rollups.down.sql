@@ -1,4 +1,4 @@
--- Restores 0009's ingest_clicks (hourly and daily roll-ups) and drops the monthly and per-account roll-ups.
+-- Restores 0009's ingest_clicks (hourly and daily roll-ups) and drops the monthly and per-account roll-ups and csv_cell.
 
 -- 0009's ingest_clicks.
 create or replace function ingest_clicks() returns bigint
@@ -83,6 +83,7 @@ begin
 end
 $$;
 
+drop function csv_cell(text);
 drop function rebuild_long_rollups();
 drop table account_daily, click_breakdowns_monthly, click_monthly;
 drop index click_daily_account_day;

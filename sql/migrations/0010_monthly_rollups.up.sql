@@ -1,6 +1,6 @@
 -- Roll-ups for long ranges and whole accounts: clicks per link and UTC month, per link, month and breakdown value,
 -- and per account and UTC day. ingest_clicks() adds to them from the same rows it inserts (so a re-delivered click
--- is never counted twice); the existing clicks are rolled up here once.
+-- is never counted twice); the existing clicks are rolled up here once. Also the CSV exports' cell guard, in SQL.
 
 create table click_monthly (
     link_id         bigint not null,
@@ -208,3 +208,17 @@ begin
 end
 $$;
 
+-- A CSV cell spreadsheet programs will not evaluate (as formula_safe in service/platform/http.py, for the exports
+-- COPY writes): when its first character that is not a space, an invisible character or a quote starts a formula
+-- (or it starts with tab/CR), it gets a quote first. The empty string becomes null, which COPY writes as an empty
+-- unquoted cell, as Python's csv module writes ''. The characters are listed rather than \s, so that the answer
+-- does not depend on the database's locale: Python's str.isspace() ones, then the invisible ones and the quotes.
+create function csv_cell(cell text) returns text
+    language sql immutable parallel safe
+    return case
+        when cell = '' then null
+        when cell ~ '^[\t\r]'
+          or cell ~ '^[\u0009-\u000d\u001c-\u0020\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\u200b\u200c\u200d\u2060\ufeff''"]*[=+@\uff1d\uff0b\uff0d\uff20-]'
+            then '''' || cell
+        else cell
+    end;

@@ -111,3 +111,19 @@ select *
  order by clicked_at desc, click_id desc
  limit %(limit)s;
 
+-- name: export_clicks_csv
+-- A link's raw clicks in the range, newest first, as formula-safe CSV with a header line: the API's fields, written
+-- as the JSON writes them (ISO 8601 times in UTC, true/false).
+copy (
+    select click_id,
+           replace(to_char(clicked_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US'), '.000000', '')
+               || '+00:00' as clicked_at,
+           csv_cell(referrer) as referrer, csv_cell(referrer_host) as referrer_host, csv_cell(browser) as browser,
+           csv_cell(os) as os, csv_cell(device_type) as device_type,
+           case when is_bot then 'true' else 'false' end as is_bot, csv_cell(country) as country,
+           csv_cell(utm_source) as utm_source, csv_cell(utm_medium) as utm_medium,
+           csv_cell(utm_campaign) as utm_campaign, csv_cell(utm_content) as utm_content, csv_cell(utm_term) as utm_term
+      from clicks
+     where link_id = %(link_id)s and clicked_at >= %(start)s and clicked_at < %(end)s
+     order by clicked_at desc, click_id desc
+) to stdout (format csv, header);
