@@ -83,6 +83,8 @@ begin
 end
 $$;
 
+alter table click_breakdowns reset (fillfactor);
+alter table click_rollups reset (fillfactor);
 drop function csv_cell(text);
 drop function rebuild_long_rollups();
 drop table account_daily, click_breakdowns_monthly, click_monthly;

@@ -51,6 +51,14 @@ begin
 end
 $$;
 
+-- The counters every drained batch adds to: room left on each page lets an update stay on its page (HOT), with no new
+-- entry in the (link_id, day, dimension, value) index: 86 % of the breakdown updates instead of 5 %, a third of their
+-- cost. click_daily and click_monthly cannot have HOT updates (their account index covers the counts).
+alter table click_breakdowns set (fillfactor = 70);
+alter table click_breakdowns_monthly set (fillfactor = 70);
+alter table click_rollups set (fillfactor = 70);
+alter table account_daily set (fillfactor = 70);
+
 -- The longer roll-ups from the daily ones (here for the clicks stored so far; also for an operator after a repair,
 -- and for `make bench-analytics`, which COPYs its clicks straight into the table).
 create function rebuild_long_rollups() returns void
