@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 
 from flask import Blueprint, Response, g, request
 
@@ -14,7 +15,7 @@ from ..links import store as links
 from ..links.model import Link
 from ..platform.db import database
 from ..platform.errors import not_found
-from ..platform.http import csv_response, decode_cursor, json_response, keyset_scan, load_or_422, page_of, wants_csv
+from ..platform.http import csv_download, decode_cursor, json_response, load_or_422, page_of, wants_csv
 from . import store
 from .queries import AccountStatsQuery, ClicksQuery, LinkStatsQuery
 
@@ -106,12 +107,12 @@ def link_clicks(slug: str) -> Response:
             rows = store.list_clicks(conn, params, after_at, after_id, args["limit"] + 1)
     if wants_csv():
 
-        def page(after_at, after_id, limit: int) -> list[tuple]:
-            # A page per transaction: a long export holds no connection between pages.
+        def export() -> Iterator[bytes]:
+            # One transaction for the whole export, opened when the body is first read and closed (the COPY
+            # cancelled) when the client goes away.
             with db.transaction(account_id) as conn:
-                return store.export_clicks(conn, params, after_at, after_id, limit)
+                yield from store.export_clicks_csv(conn, params)
 
-        clicks = keyset_scan(page, store.export_position)
-        return csv_response(f"{link.slug}-clicks.csv", API_FIELDS, clicks, pick=store.API_POSITIONS)
+        return csv_download(f"{link.slug}-clicks.csv", export())
     page_rows, next_cursor = page_of(rows, args["limit"], lambda click: (click["clicked_at"], click["click_id"]))
     return json_response({"items": [{f: c[f] for f in API_FIELDS} for c in page_rows], "next_cursor": next_cursor})

@@ -173,6 +173,20 @@ def query(conn: psycopg.Connection, name: str, params: Any = None, row_factory=N
     return conn.cursor(row_factory=row_factory).execute(QUERIES[name], params)
 
 
+def copy_out(conn: psycopg.Connection, name: str, params: Any = None, chunk_bytes: int = 1 << 16) -> Iterator[bytes]:
+    """Run the named `copy (...) to stdout` query on conn and yield its output in chunks of about chunk_bytes
+    (COPY hands over a row at a time: a chunk per row would mean a write to the client per row)."""
+    buffer = bytearray()
+    with conn.cursor().copy(QUERIES[name], params) as copy:
+        for data in copy:
+            buffer += data
+            if len(buffer) >= chunk_bytes:
+                yield bytes(buffer)
+                buffer.clear()
+    if buffer:
+        yield bytes(buffer)
+
+
 def database() -> Database:
     """The request's app's pool."""
     return current_app.extensions["chatlink.db"]

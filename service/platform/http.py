@@ -213,6 +213,11 @@ def _csv_cell(value: object) -> object:
     return value.isoformat() if isinstance(value, datetime) else value
 
 
+def csv_download(filename: str, chunks: Iterable[bytes]) -> Response:
+    """Stream CSV already written elsewhere (PostgreSQL's COPY, made formula-safe there) as a download."""
+    return Response(chunks, mimetype="text/csv", headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+
 def csv_response(
     filename: str, header: Sequence[str], rows: Iterable[Sequence[object]], pick: Sequence[int] | None = None
 ) -> Response:
@@ -232,6 +237,4 @@ def csv_response(
                 buffer.truncate()
         yield buffer.getvalue()
 
-    return Response(
-        chunks(), mimetype="text/csv", headers={"Content-Disposition": f'attachment; filename="{filename}"'}
-    )
+    return csv_download(filename, chunks())

@@ -6,12 +6,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from service.clicks.pipeline import API_FIELDS
+from service.platform.http import formula_safe
 from tests.clicks.test_pipeline import IPHONE, WHATSAPP_PREVIEW
 from tests.conftest import drain
 
 
 def _backdate(owner_conn, slug, hours_ago):
-    """Move a link's clicks and roll-ups back in time by whole days, keeping them consistent (hourly and daily)."""
+    """Move a link's clicks and roll-ups back in time by whole days, keeping every roll-up consistent."""
     assert hours_ago % 24 == 0, "the daily roll-ups move by whole days"
     shift = timedelta(hours=hours_ago)
     for table in ("click_daily", "click_breakdowns"):
@@ -27,6 +29,7 @@ def _backdate(owner_conn, slug, hours_ago):
         "update click_rollups set hour = hour - %s where link_id = (select id from links where slug = %s)",
         [shift, slug],
     )
+    owner_conn.execute("select rebuild_long_rollups()")  # the monthly and per-account ones, from the daily ones
 
 
 @pytest.fixture
@@ -201,3 +204,56 @@ def test_dates_out_of_range_answer_422(client, auth, clicked_link, query):
         f"/api/v1/links/{clicked_link['slug']}/clicks",
     ):
         assert client.get(f"{path}?{query}", headers=auth).status_code == 422, path
+
+
+def test_csv_export_has_the_json_pages_fields_and_values(app, client, auth, make_link, owner_conn):
+    link = make_link()
+    for campaign in ("=1+1", "", "plain, with a comma", 'say "hi"', "line\nbreak"):
+        client.get(
+            f"/{link['slug']}",
+            query_string={"utm_campaign": campaign, "utm_source": "ig"},
+            headers={"User-Agent": IPHONE, "Referer": "https://l.instagram.com/x"},
+        )
+    client.get(f"/{link['slug']}", headers={"User-Agent": WHATSAPP_PREVIEW})
+    drain(app)
+    # A click stored at a whole second: the JSON (Python's isoformat) then writes no fraction, and neither may the CSV.
+    owner_conn.execute(
+        "update clicks set clicked_at = date_trunc('second', clicked_at) where click_id ="
+        " (select click_id from clicks where link_id = (select id from links where slug = %s) limit 1)",
+        [link["slug"]],
+    )
+    pages = client.get(f"/api/v1/links/{link['slug']}/clicks?limit=100", headers=auth).get_json()["items"]
+    response = client.get(f"/api/v1/links/{link['slug']}/clicks", headers={**auth, "Accept": "text/csv"})
+    assert response.headers["Content-Disposition"] == f'attachment; filename="{link["slug"]}-clicks.csv"'
+    text = response.get_data(as_text=True)
+    assert text.splitlines()[0].split(",") == list(API_FIELDS)
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert len(rows) == len(pages) == 6
+    for row, item in zip(rows, pages, strict=True):
+        expected = {
+            name: "true" if value is True else "false" if value is False else formula_safe(value)
+            for name, value in item.items()
+        }
+        assert row == expected
+
+
+def test_an_export_the_client_abandons_is_cancelled_and_its_connection_reused(app, client, auth, make_link, owner_conn):
+    link = make_link()
+    owner_conn.execute(
+        "insert into clicks (click_id, clicked_at, link_id, account_id, device_type, is_bot, visitor_id, referrer)"
+        " select gen_random_uuid(), now() - make_interval(secs => i), l.id, l.account_id, 'phone', false, 'v',"
+        " 'https://example.com/' || repeat('x', 100) from links l, generate_series(1, 3000) as i where l.slug = %s",
+        [link["slug"]],
+    )
+    response = client.get(
+        f"/api/v1/links/{link['slug']}/clicks", headers={**auth, "Accept": "text/csv"}, buffered=False
+    )
+    chunks = iter(response.response)
+    first = next(chunks)
+    assert first.startswith(b"click_id,clicked_at,") and len(first) >= 1 << 16  # streamed in chunks, not rows
+    response.close()  # the client went away after the first chunk
+    assert not owner_conn.execute(
+        "select 1 from pg_stat_activity where query ilike 'copy (%%' and state = 'active'"
+    ).fetchall()
+    again = client.get(f"/api/v1/links/{link['slug']}/clicks", headers={**auth, "Accept": "text/csv"})
+    assert again.get_data().count(b"\n") == 3001

@@ -104,13 +104,14 @@ def generate_clicks(conn: psycopg.Connection, account_id: int, link_ids: list[in
 
 ROLL_UPS = (
     # What ingest_clicks() maintains, built at once from the clicks (unique visitors as distinct ids per hour),
-    # then the daily ones by the function migration 0009 uses.
+    # then the daily ones by the function migration 0009 uses, and the monthly and per-account ones by 0010's.
     """insert into click_rollups (link_id, account_id, hour, clicks, bot_clicks, unique_visitors)
        select link_id, account_id, date_trunc('hour', clicked_at), count(*) filter (where not is_bot),
               count(*) filter (where is_bot), count(distinct visitor_id) filter (where not is_bot)
          from clicks group by 1, 2, 3""",
     "select rebuild_daily_rollups()",
-    "analyze",
+    "select rebuild_long_rollups()",
+    "vacuum analyze",  # as autovacuum would have: the account stats read the roll-ups' indexes alone
 )
 
 
@@ -158,6 +159,36 @@ class PeakRss:
         return self.peak
 
 
+def generate(owner_url: str, clicks: int, links: int, big: int) -> str:
+    """Create the account, its links and clicks and the roll-ups; return the account's API key."""
+    print(f"Chatlink analytics benchmark: {clicks:,} clicks over 365 days, {links:,} links, one account")
+    generation = time.monotonic()
+    with psycopg.connect(owner_url, autocommit=True) as conn:
+        key = issue_key(conn, "bench-analytics")
+        account_id = conn.execute("select id from accounts where name = 'bench-analytics'").fetchone()[0]
+        link_ids = [
+            row[0]
+            for row in conn.execute(
+                "insert into links (account_id, slug, phone, title, created_at, updated_at)"
+                " select %s, 'bench-' || i, '+14155552671', 'Link ' || i, now() - make_interval(mins => i),"
+                " now() from generate_series(1, %s) as i returning id",
+                [account_id, links],
+            )
+        ]
+        with conn.transaction():
+            generate_clicks(conn, account_id, sorted(link_ids), clicks, big)
+        copied = time.monotonic()
+        for statement in ROLL_UPS:
+            conn.execute(statement)
+        size = conn.execute("select pg_size_pretty(pg_database_size(current_database()))").fetchone()[0]
+    print(
+        f"generated in {time.monotonic() - generation:.0f}s (COPY {copied - generation:.0f}s, roll-ups and "
+        f"ANALYZE {time.monotonic() - copied:.0f}s); database size {size}"
+    )
+
+    return key
+
+
 def main() -> int:
     """Generate, measure, report; clean up whatever happens."""
     clicks = integer("BENCH_ANALYTICS_CLICKS", 10_000_000)
@@ -170,9 +201,14 @@ def main() -> int:
         pg_server, _ = localservices.server_url(ROOT / ".data", require)
         redis_url, _ = localservices.redis_url(ROOT / ".data", require)
         run_id = secrets.token_hex(5)
-        dbname, prefix = f"chatlink_bench_analytics_{run_id}", f"chatlink-bench-analytics-{run_id}:"
-        localservices.create_database(pg_server, dbname)
-        cleanup.callback(drop_database, pg_server, dbname)
+        reuse = os.environ.get("BENCH_ANALYTICS_REUSE", "")  # a database a BENCH_ANALYTICS_KEEP=1 run left behind
+        dbname, prefix = reuse or f"chatlink_bench_analytics_{run_id}", f"chatlink-bench-analytics-{run_id}:"
+        if not reuse:
+            localservices.create_database(pg_server, dbname)
+            if os.environ.get("BENCH_ANALYTICS_KEEP") == "1":
+                print(f"keeping the database {dbname} (BENCH_ANALYTICS_REUSE={dbname} measures it again)")
+            else:
+                cleanup.callback(drop_database, pg_server, dbname)
         owner_url = localservices.with_database(pg_server, dbname)
         migrations.migrate(owner_url)
         client = redis.Redis.from_url(redis_url)
@@ -180,30 +216,14 @@ def main() -> int:
         workdir = Path(tempfile.mkdtemp(prefix="chatlink-bench-analytics-"))
         cleanup.callback(shutil.rmtree, workdir, ignore_errors=True)
 
-        print(f"Chatlink analytics benchmark: {clicks:,} clicks over 365 days, {links:,} links, one account")
-        generation = time.monotonic()
-        with psycopg.connect(owner_url, autocommit=True) as conn:
-            key = issue_key(conn, "bench-analytics")
-            account_id = conn.execute("select id from accounts where name = 'bench-analytics'").fetchone()[0]
-            link_ids = [
-                row[0]
-                for row in conn.execute(
-                    "insert into links (account_id, slug, phone, title, created_at, updated_at)"
-                    " select %s, 'bench-' || i, '+14155552671', 'Link ' || i, now() - make_interval(mins => i),"
-                    " now() from generate_series(1, %s) as i returning id",
-                    [account_id, links],
-                )
-            ]
-            with conn.transaction():
-                generate_clicks(conn, account_id, sorted(link_ids), clicks, big)
-            copied = time.monotonic()
-            for statement in ROLL_UPS:
-                conn.execute(statement)
-            size = conn.execute("select pg_size_pretty(pg_database_size(current_database()))").fetchone()[0]
-        print(
-            f"generated in {time.monotonic() - generation:.0f}s (COPY {copied - generation:.0f}s, roll-ups and "
-            f"ANALYZE {time.monotonic() - copied:.0f}s); database size {size}"
-        )
+        if reuse:
+            with psycopg.connect(owner_url, autocommit=True) as conn:
+                key = issue_key(conn, "bench-analytics")
+                links = conn.execute("select count(*) from links").fetchone()[0]
+                clicks = conn.execute("select count(*) from clicks").fetchone()[0]
+            print(f"Chatlink analytics benchmark: the database {dbname} again, {clicks:,} clicks, {links:,} links")
+        else:
+            key = generate(owner_url, clicks, links, big)
 
         env = {
             "DATABASE_URL": owner_url,

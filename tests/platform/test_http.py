@@ -48,3 +48,20 @@ def test_booleans_are_written_as_json_says_them():
 def test_only_the_canonical_uuid_spelling_is_accepted(text):
     with pytest.raises(ValueError):
         parse_uuid(text)
+
+
+# Every character formula_safe skips or looks at, alone, before a formula start and before plain text: PostgreSQL's
+# csv_cell (the exports COPY writes) must answer exactly as the Python guard does.
+_SPACES = [chr(c) for c in range(0x110000) if chr(c).isspace()]
+_CELLS = [
+    prefix + body
+    for prefix in ["", *_SPACES, *"'\"\u00a0\u200b\u200c\u200d\u2060\ufeff", " '", '\u200b "']
+    for body in ["=1+1", "+1", "-2", "@SUM(A1)", "\uff1d1", "\uff0b1", "\uff0d1", "\uff201", "plain", "a=b", ""]
+] + ["Ana", "ana@example.com", "1+1", "x\n=1", "\t", "\r", "\t=1"]
+
+
+def test_the_sql_cell_guard_answers_as_formula_safe_for_every_skipped_character(owner_conn):
+    answers = owner_conn.execute("select cell, csv_cell(cell) from unnest(%s::text[]) as cell", [_CELLS]).fetchall()
+    for cell, guarded in answers:
+        assert (guarded or "") == formula_safe(cell), repr(cell)
+    assert owner_conn.execute("select csv_cell('')").fetchone()[0] is None  # COPY writes null as an empty cell
