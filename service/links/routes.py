@@ -15,7 +15,7 @@ from ..platform.http import bigint, decode_cursor, json_response, load_or_422, p
 from ..webhooks import events
 from . import slugs, store
 from .model import Link
-from .schemas import EDITABLE, LinkCreate, LinkEdit, LinkListQuery
+from .schemas import LinkCreate, LinkEdit, LinkListQuery
 from .store import link_cache
 
 bp = Blueprint("links", __name__, url_prefix="/api/v1")
@@ -78,14 +78,7 @@ def get_link(slug: str) -> Response:
 def edit_link(slug: str) -> Response:
     """Change any editable field. 200 with the link; 400, 401, 404, 413, 415, 422."""
     changes = load_or_422(LinkEdit, read_json_object())
-
-    def edit(conn, slug: str) -> Link | None:
-        link = store.get_link(conn, slug, for_update=True)
-        if link is None:
-            return None
-        return store.update_link(conn, slug, {field: changes.get(field, getattr(link, field)) for field in EDITABLE})
-
-    link = _in_account(slug, edit)
+    link = _in_account(slug, lambda conn, slug: store.update_link(conn, slug, changes))
     link_cache().store(link)
     return json_response(_api(link))
 
