@@ -219,6 +219,11 @@ def init_app(app: Flask, settings: Settings, redis: RedisClient) -> None:
     limiter.exempt(app.blueprints["health"])
     limiter.exempt(app.blueprints["metrics"])
     limiter.exempt(app.blueprints["redirect"])  # RedirectLimits counts those, in the redirect's own script
+    # ApiLimits counts these: flask-limiter's own per-request check would cost them CPU for no limit. (The
+    # accounts blueprint stays: its log-in, sign-up and invite views carry flask-limiter limits of their own.)
+    for name in API_BLUEPRINTS:
+        if name != "accounts":
+            limiter.exempt(app.blueprints[name])
     # Not dead: the limits it decorated views with hold only a weak reference to it, and a disabled limiter
     # (RATE_LIMITS_ENABLED=0) does not register itself in app.extensions["limiter"]; this keeps it alive.
     app.extensions["chatlink.limiter"] = limiter
