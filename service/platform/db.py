@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
@@ -22,6 +23,9 @@ QUERIES_DIR = Path(__file__).resolve().parents[2] / "sql" / "queries"
 APP_ROLE = "chatlink_app"
 
 log = logging.getLogger(__name__)
+
+
+_OPEN_TRANSACTION = (psycopg.pq.TransactionStatus.INTRANS, psycopg.pq.TransactionStatus.INERROR)
 
 
 class DatabaseDown(psycopg.OperationalError):
@@ -192,8 +196,11 @@ class Database:
                     yield conn
                     conn.execute("commit")
             except BaseException:
-                if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                    conn.execute("rollback")
+                # Best effort: a broken connection (status UNKNOWN) is discarded by the pool anyway, and the error
+                # that brought us here is the one to raise.
+                if conn.info.transaction_status in _OPEN_TRANSACTION:
+                    with contextlib.suppress(psycopg.Error):
+                        conn.execute("rollback")
                 raise
 
     def unscoped_one(self, name: str, params: Any = None) -> dict | None:

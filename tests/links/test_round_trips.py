@@ -97,3 +97,21 @@ def test_an_error_in_a_pipelined_transaction_rolls_it_all_back(app, auth, owner_
     else:
         raise AssertionError("the division by zero was not raised")
     assert owner_conn.execute("select count(*) from links where slug = 'pipe-rollback'").fetchone()[0] == 0
+
+
+def test_an_exception_in_the_block_rolls_back_the_pipelined_writes_before_it(app, auth, owner_conn):
+    db = app.extensions["chatlink.db"]
+    public_id = auth["Authorization"].split("_")[1]
+    account_id = owner_conn.execute("select account_id from api_keys where public_id = %s", [public_id]).fetchone()[0]
+    try:
+        with db.transaction(account_id) as conn:
+            conn.execute(
+                "insert into links (account_id, slug, phone)"
+                " values (current_account_id(), 'pipe-raise', '+14155552671')"
+            )
+            raise LookupError("the view gave up")
+    except LookupError:
+        pass
+    assert owner_conn.execute("select count(*) from links where slug = 'pipe-raise'").fetchone()[0] == 0
+    with db.transaction(account_id) as conn:  # the connection went back to the pool clean
+        assert conn.execute("select current_setting('chatlink.account_id')").fetchone()
