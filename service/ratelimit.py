@@ -96,7 +96,8 @@ class ApiLimits:
         }
         self.fallback = parse_many(settings.rate_limit_fallback)
         self.memory = FixedWindowRateLimiter(MemoryStorage())
-        self._script = redis.client.register_script(self.SCRIPT)
+        # A ScriptBatcher: concurrent API calls of a worker share a round trip, on a connection of its own.
+        self._script = redis.batcher(self.SCRIPT)
 
     def counters(self, endpoint: str | None) -> list[tuple[str, str]]:
         """(scope, who) of every counter this request counts against."""
@@ -136,7 +137,7 @@ class ApiLimits:
                 keys.append(f"{self.prefix}{scope}:{who}:{limit.amount}/{window}")
                 args += [limit.amount, window]
                 limits_.append(limit)
-        replies = self.redis.call(lambda client: self._script(keys=keys, args=args, client=client))
+        replies = self.redis.call(lambda _: self._script(keys, args))
         return [Count(limit, int(n), int(ttl)) for limit, (n, ttl) in zip(limits_, replies, strict=True)]
 
     def _count_in_memory(self, counters: list[tuple[str, str]]) -> list[Count]:

@@ -125,7 +125,7 @@ class LinkCache:
 
     def __init__(self, redis: RedisClient, *, ttl: int, not_found_ttl: int) -> None:
         self.redis, self.ttl, self.not_found_ttl = redis, ttl, not_found_ttl
-        self._store_if_newer = redis.client.register_script(self.STORE_IF_NEWER)
+        self._store_if_newer = redis.batcher(self.STORE_IF_NEWER)  # concurrent write-throughs share a round trip
         self._lock = threading.Lock()
         self._stale: set[str] = set()
 
@@ -149,9 +149,7 @@ class LinkCache:
         try:
             # Compare-and-set on the version: of two edits committed close together, the later one's entry
             # stays even when its write-through reaches Redis first.
-            self.redis.call(
-                lambda r: self._store_if_newer(keys=[self.key(link.slug)], args=[value, ttl, version], client=r)
-            )
+            self.redis.call(lambda _: self._store_if_newer([self.key(link.slug)], [value, ttl, version]))
         except RedisDown:
             # Redis may come back holding the old entry: drop it as soon as Redis answers again.
             with self._lock:
