@@ -1,10 +1,18 @@
-"""Rate limits of the API and the lead form (flask-limiter, in Redis, falling back to memory while Redis is down).
+"""Rate limits: the API's, every limit of a call counted in one Redis script call (ApiLimits); log-in, sign-up and
+the lead form's with flask-limiter; both in Redis, falling back to process memory while Redis is down.
 The redirect's own per-address limits live in redirect/limits.py, counted inside its Redis script."""
 
 from __future__ import annotations
 
-from flask import Flask, request
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from flask import Flask, g, request
 from flask_limiter import Limiter
+from limits import RateLimitItem, parse_many
+from limits.storage import MemoryStorage
+from limits.strategies import FixedWindowRateLimiter
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -12,8 +20,12 @@ from .accounts.passwords import normalize_email
 from .accounts.sessions import sessions
 from .auth import presented_key
 from .config import Settings
-from .platform.redis import RedisClient
+from .platform.errors import ApiError
+from .platform.redis import RedisClient, RedisDown
 from .platform.secrets import keyed_hash, visitor_keys
+
+API_BLUEPRINTS = ("accounts", "links", "analytics", "leads_api", "webhooks")
+CREATE_LINK = "links.create_link"
 
 
 def _keyed(value: str) -> str:
@@ -52,8 +64,125 @@ def storage_uri(redis_url: str) -> str:
     return "redis+" + redis_url if redis_url.startswith("unix://") else redis_url
 
 
+@dataclass(frozen=True, slots=True)
+class Count:
+    """One limit's counter after this request: how many requests its window has seen, and when it ends."""
+
+    limit: RateLimitItem
+    count: int
+    resets_in: int  # seconds
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.limit.amount - self.count)
+
+
+class ApiLimits:
+    """The API's limits: per key (or session, or address) on every call, per address on every call, and per key on
+    link creation. Not flask-limiter, which costs a Redis round trip per limit and two more for its headers (five
+    for a create): here one script call counts the request against all of them and answers what the headers need.
+    The same fixed windows, key names made of keyed hashes under KEY_PREFIX, and the same in-process fallback."""
+
+    SCRIPT = (Path(__file__).parent / "ratelimit.lua").read_text()
+
+    def __init__(self, settings: Settings, redis: RedisClient) -> None:
+        self.enabled = settings.rate_limits_enabled
+        self.redis = redis
+        self.prefix = redis.key("limits:api:")  # + scope:who:amount/window, who being a keyed hash
+        self.scopes = {
+            "api": parse_many(settings.rate_limit_api),
+            "api-ip": parse_many(settings.rate_limit_api_per_ip),
+            "create": parse_many(settings.rate_limit_create),
+        }
+        self.fallback = parse_many(settings.rate_limit_fallback)
+        self.memory = FixedWindowRateLimiter(MemoryStorage())
+        # A ScriptBatcher: concurrent API calls of a worker share a round trip, on a connection of its own.
+        self._script = redis.batcher(self.SCRIPT)
+
+    def counters(self, endpoint: str | None) -> list[tuple[str, str]]:
+        """(scope, who) of every counter this request counts against."""
+        key_or_ip, ip = api_key_or_ip(), client_ip()
+        counters = [("api", key_or_ip), ("api-ip", ip)]
+        if endpoint == CREATE_LINK:
+            counters.append(("create", key_or_ip))
+        return counters
+
+    def check(self, endpoint: str | None) -> None:
+        """Count the request; raise a 429 problem (with Retry-After) when it is over any limit. The tightest
+        limit is kept in g for the X-RateLimit-* headers."""
+        if not self.enabled or request.method == "OPTIONS":  # a CORS preflight carries no credentials
+            return
+        counters = self.counters(endpoint)
+        try:
+            counts = self._count_in_redis(counters)
+        except RedisDown:
+            counts = self._count_in_memory(counters)
+        over = [c for c in counts if c.count > c.limit.amount]
+        if over:
+            worst = max(over, key=lambda c: c.resets_in)
+            raise ApiError(
+                429,
+                "rate-limited",
+                "Too many requests",
+                f"Rate limit exceeded: {worst.limit}.",
+                headers={"Retry-After": str(max(1, worst.resets_in)), **_headers(worst)},
+            )
+        g.rate_limit = min(counts, key=lambda c: (c.remaining, -c.resets_in)) if counts else None
+
+    def _count_in_redis(self, counters: list[tuple[str, str]]) -> list[Count]:
+        keys, args, limits_ = [], [], []
+        for scope, who in counters:
+            for limit in self.scopes[scope]:
+                window = limit.get_expiry()
+                keys.append(f"{self.prefix}{scope}:{who}:{limit.amount}/{window}")
+                args += [limit.amount, window]
+                limits_.append(limit)
+        replies = self.redis.call(lambda _: self._script(keys, args))
+        return [Count(limit, int(n), int(ttl)) for limit, (n, ttl) in zip(limits_, replies, strict=True)]
+
+    def _count_in_memory(self, counters: list[tuple[str, str]]) -> list[Count]:
+        """While Redis is down: RATE_LIMIT_FALLBACK for each counter, in this process."""
+        counts = []
+        for scope, who in counters:
+            for limit in self.fallback:
+                allowed = self.memory.hit(limit, scope, who)
+                stats = self.memory.get_window_stats(limit, scope, who)
+                count = limit.amount - stats.remaining + (0 if allowed else 1)
+                counts.append(Count(limit, count, max(1, int(stats.reset_time - time.time()) + 1)))
+        return counts
+
+
+def _headers(count: Count) -> dict[str, str]:
+    return {
+        "X-RateLimit-Limit": str(count.limit.amount),
+        "X-RateLimit-Remaining": str(count.remaining),
+        "X-RateLimit-Reset": str(int(time.time()) + count.resets_in),
+    }
+
+
+def _init_api_limits(app: Flask, settings: Settings, redis: RedisClient) -> None:
+    api_limits = ApiLimits(settings, redis)
+    app.extensions["chatlink.api_limits"] = api_limits
+
+    def count_request() -> None:
+        g.rate_limit = None
+        api_limits.check(request.endpoint)
+
+    def add_headers(response):
+        counted = g.get("rate_limit")
+        if counted is not None:
+            response.headers.update(_headers(counted))
+        return response
+
+    for name in API_BLUEPRINTS:
+        app.before_request_funcs.setdefault(name, []).append(count_request)
+        app.after_request_funcs.setdefault(name, []).append(add_headers)
+
+
 def init_app(app: Flask, settings: Settings, redis: RedisClient) -> None:
-    """One limiter per app: Redis storage that fails fast and falls back to memory, limits per blueprint."""
+    """The API's limits (ApiLimits), and one flask-limiter per app for the rest: Redis storage that fails fast and
+    falls back to memory."""
+    _init_api_limits(app, settings, redis)
     timeout = settings.redis_timeout_ms / 1000
     limiter = Limiter(
         key_func=client_ip,
@@ -74,19 +203,6 @@ def init_app(app: Flask, settings: Settings, redis: RedisClient) -> None:
         headers_enabled=True,
         swallow_errors=True,
     )
-    api_limit = limiter.shared_limit(settings.rate_limit_api, scope="api", key_func=api_key_or_ip)
-    # Every call also counts against its address, so made-up keys (each its own bucket) are limited too.
-    api_ip_limit = limiter.shared_limit(settings.rate_limit_api_per_ip, scope="api-ip")
-    for name in ("accounts", "links", "analytics", "leads_api", "webhooks"):
-        api_limit(app.blueprints[name])
-        api_ip_limit(app.blueprints[name])
-    create = "links.create_link"
-    app.view_functions[create] = limiter.limit(
-        settings.rate_limit_create,
-        key_func=api_key_or_ip,
-        scope="create",
-        override_defaults=False,
-    )(app.view_functions[create])
     # Log-in, sign-up and invites: per address, and failed log-ins per email and address (only 401s count).
     for view in ("accounts.login", "accounts.accept_invite", "accounts.signup"):
         app.view_functions[view] = limiter.limit(settings.rate_limit_login, scope="login-ip", override_defaults=False)(
@@ -104,6 +220,11 @@ def init_app(app: Flask, settings: Settings, redis: RedisClient) -> None:
     limiter.exempt(app.blueprints["health"])
     limiter.exempt(app.blueprints["metrics"])
     limiter.exempt(app.blueprints["redirect"])  # RedirectLimits counts those, in the redirect's own script
+    # ApiLimits counts these: flask-limiter's own per-request check would cost them CPU for no limit. (The
+    # accounts blueprint stays: its log-in, sign-up and invite views carry flask-limiter limits of their own.)
+    for name in API_BLUEPRINTS:
+        if name != "accounts":
+            limiter.exempt(app.blueprints[name])
     # Not dead: the limits it decorated views with hold only a weak reference to it, and a disabled limiter
     # (RATE_LIMITS_ENABLED=0) does not register itself in app.extensions["limiter"]; this keeps it alive.
     app.extensions["chatlink.limiter"] = limiter

@@ -1,6 +1,8 @@
 """Rate limits: per API key on the API, stricter on creation, per client IP on redirects and on 404 scans."""
 
 import gc
+import threading
+import time
 
 import redis
 
@@ -128,7 +130,9 @@ def test_every_rate_limit_counter_lives_under_key_prefix(make_app, settings, aut
     assert client.get("/api/v1/links", headers=auth).status_code == 200
     server = redis.Redis.from_url(redis_url)
     try:
+        # flask-limiter's counters (log-in, lead form) and the API's own (ApiLimits)
         limiter_keys = [k.decode() for k in server.scan_iter(match="*LIMITER*", count=1000)]
+        limiter_keys += [k.decode() for k in server.scan_iter(match="*limits:api:*", count=1000)]
     finally:
         server.close()
     mine = [k for k in limiter_keys if key_prefix in k]
@@ -138,3 +142,67 @@ def test_every_rate_limit_counter_lives_under_key_prefix(make_app, settings, aut
 def test_a_401_names_the_bearer_scheme(client):
     response = client.get("/api/v1/links")
     assert response.status_code == 401 and response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def _commands_sent(redis_url: str, key_prefix: str, action) -> list[str]:
+    """The commands naming key_prefix that clients sent Redis while action ran (MONITOR; a script's own calls
+    are left out: they cost no round trip)."""
+    server = redis.Redis.from_url(redis_url, decode_responses=True)
+    sentinel = f"{key_prefix}done"
+    seen: list[str] = []
+    with server.monitor() as monitor:
+        ready = threading.Event()
+
+        def collect():
+            ready.set()
+            for entry in monitor.listen():
+                command = entry["command"]
+                if sentinel in command:
+                    return
+                if key_prefix in command and "lua" not in entry.get("client_type", ""):
+                    seen.append(command)
+
+        reader = threading.Thread(target=collect, daemon=True)
+        reader.start()
+        ready.wait(5)
+        time.sleep(0.2)  # MONITOR is on before the first command
+        action()
+        redis.Redis.from_url(redis_url).echo(sentinel)
+        reader.join(10)
+    server.close()
+    return seen
+
+
+def test_an_api_call_counts_against_all_its_limits_in_one_redis_command(
+    make_app, settings, auth, redis_url, key_prefix
+):
+    client = make_app(settings).test_client()
+    assert client.post("/api/v1/links", json={"phone": "+14155552671"}, headers=auth).status_code == 201  # warm
+    sent = _commands_sent(
+        redis_url,
+        key_prefix,
+        lambda: client.post("/api/v1/links", json={"phone": "+14155552671"}, headers=auth),
+    )
+    # The limits (per key, per address, creation per key) in one script call; the link cache's write-through.
+    assert len(sent) == 2, sent
+
+
+def test_api_answers_name_the_tightest_limit(make_app, settings, auth):
+    client = make_app(settings, rate_limit_create="5/minute").test_client()
+    response = client.post("/api/v1/links", json={"phone": "+14155552671"}, headers=auth)
+    assert response.headers["X-RateLimit-Limit"] == "5" and response.headers["X-RateLimit-Remaining"] == "4"
+    assert 0 < int(response.headers["X-RateLimit-Reset"]) - time.time() <= 61
+    assert "Retry-After" not in response.headers
+
+
+def test_api_limits_fall_back_to_process_memory_while_redis_is_down(make_app, settings, auth, dead_port):
+    client = make_app(settings, redis_url=f"redis://127.0.0.1:{dead_port}/0", rate_limit_fallback="2/minute")
+    statuses = [client.test_client().get("/api/v1/links", headers=auth).status_code for _ in range(3)]
+    assert statuses == [200, 200, 429]
+
+
+def test_a_cors_preflight_is_not_counted(make_app, settings, auth):
+    client = make_app(settings, rate_limit_api_per_ip="1/minute", cors_origins="https://app.example").test_client()
+    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+    assert client.options("/api/v1/links", headers=preflight).status_code < 400
+    assert client.get("/api/v1/links", headers=auth).status_code == 200

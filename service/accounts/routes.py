@@ -116,7 +116,7 @@ def login() -> Response:
     email or password alike; 403 from a foreign origin or for a person of no account; 422; 429."""
     if request.headers.get("Origin") or request.headers.get("Referer"):
         check_origin()  # no log-in CSRF: a foreign page may not log a browser into an account
-    data = load_or_422(LoginIn(), read_json_object())
+    data = load_or_422(LoginIn, read_json_object())
     db = database()
     found = store.find_login(db, normalize_email(data["email"]))
     stored_hash = found["password_hash"] if found else None
@@ -202,7 +202,7 @@ def change_password() -> Response:
     """Change the person's password; every other session of theirs ends. 204; 401 wrong current password,
     403, 422."""
     session = _current_session()
-    data = load_or_422(PasswordChangeIn(), read_json_object())
+    data = load_or_422(PasswordChangeIn, read_json_object())
     new_password = _checked_password(data, "new_password")
     db = database()
     with db.transaction(session.account_id, session.user_id) as conn:
@@ -224,7 +224,7 @@ def change_password() -> Response:
 def invite_member() -> Response:
     """Invite a person by email: 201 with a one-time invite link valid 72 h (sending it is up to the caller).
     401, 403 for a member, 422."""
-    data = load_or_422(InviteIn(), read_json_object())
+    data = load_or_422(InviteIn, read_json_object())
     expires_at = sessions().now() + INVITE_LIFETIME
     with database().transaction(g.account_id) as conn:
         token, invite = store.insert_invite(conn, normalize_email(data["email"]), data["role"], expires_at)
@@ -268,7 +268,7 @@ def invite_page() -> Response:
 def accept_invite() -> Response:
     """Accept an invite (or a set-password link): a new person sets their password; a person who already
     has one proves it. 200 with the account and role; 400 for a used, expired or unknown token; 401; 422."""
-    data = load_or_422(AcceptIn(), read_json_object())
+    data = load_or_422(AcceptIn, read_json_object())
     db = database()
     invite = store.find_invite(db, data["token"])
     now = sessions().now()
@@ -302,7 +302,7 @@ def signup() -> Response:
     """Create an account and its owner (only with SIGNUP_ENABLED=1). 201; 404 when off; 409; 422."""
     if not settings().signup_enabled:
         raise ApiError(404, "not-found", "Not Found", "Sign-up is not enabled on this service.")
-    data = load_or_422(SignupIn(), read_json_object())
+    data = load_or_422(SignupIn, read_json_object())
     new_hash = hash_password(_checked_password(data, "password"))
     created = store.sign_up(database(), data["account"], normalize_email(data["email"]), new_hash)
     if created is None:

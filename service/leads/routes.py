@@ -89,7 +89,7 @@ class LeadsQuery(ClicksQuery):
 
 
 def _list(link_slug: str | None) -> Response:
-    args = load_or_422(LeadsQuery(), request.args.to_dict())
+    args = load_or_422(LeadsQuery, request.args.to_dict())
     link_slug = link_slug or args["link"]
     params = {
         "start": args["start_at"],

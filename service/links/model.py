@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -91,7 +91,8 @@ class Link:
 
     def to_cache(self) -> str:
         """The cache entry: every column by name (times as epoch seconds) plus closes_at for the redirect script."""
-        entry = asdict(self)
+        # Shallow: asdict() deep-copies every list and dict, and the entry is only serialised.
+        entry = {name: getattr(self, name) for name in _FIELDS}
         for name in _TIMES:
             entry[name] = entry[name].timestamp() if entry[name] else None
         entry["closes_at"] = self.closes_at
@@ -106,6 +107,9 @@ class Link:
             if entry[name] is not None:
                 entry[name] = datetime.fromtimestamp(entry[name], UTC)
         return cls(**entry)
+
+
+_FIELDS = tuple(f.name for f in fields(Link))
 
 
 def _iso(value: datetime | None) -> str | None:

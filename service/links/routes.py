@@ -15,7 +15,7 @@ from ..platform.http import bigint, decode_cursor, json_response, load_or_422, p
 from ..webhooks import events
 from . import slugs, store
 from .model import Link
-from .schemas import EDITABLE, LinkCreate, LinkEdit, LinkListQuery
+from .schemas import LinkCreate, LinkEdit, LinkListQuery
 from .store import link_cache
 
 bp = Blueprint("links", __name__, url_prefix="/api/v1")
@@ -34,7 +34,7 @@ def _link_not_found(slug: str) -> ApiError:
 def create_link() -> Response:
     """Create a link. 201 with the link and Location; 400, 401, 409, 413, 415, 422, 429."""
     body = read_json_object()
-    data = load_or_422(LinkCreate(), body)
+    data = load_or_422(LinkCreate, body)
     idempotency_key = request.headers.get("Idempotency-Key")
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
         raise invalid({"Idempotency-Key": ["Use 1 to 255 characters."]})
@@ -77,15 +77,8 @@ def get_link(slug: str) -> Response:
 @require_auth
 def edit_link(slug: str) -> Response:
     """Change any editable field. 200 with the link; 400, 401, 404, 413, 415, 422."""
-    changes = load_or_422(LinkEdit(), read_json_object())
-
-    def edit(conn, slug: str) -> Link | None:
-        link = store.get_link(conn, slug, for_update=True)
-        if link is None:
-            return None
-        return store.update_link(conn, slug, {field: changes.get(field, getattr(link, field)) for field in EDITABLE})
-
-    link = _in_account(slug, edit)
+    changes = load_or_422(LinkEdit, read_json_object())
+    link = _in_account(slug, lambda conn, slug: store.update_link(conn, slug, changes))
     link_cache().store(link)
     return json_response(_api(link))
 
@@ -112,7 +105,7 @@ def _in_account(slug: str, action: Callable[[psycopg.Connection, str], Link | No
 @require_auth
 def list_links() -> Response:
     """The account's links, newest first, with cursor pagination. 200; 401, 422."""
-    args = load_or_422(LinkListQuery(), request.args.to_dict())
+    args = load_or_422(LinkListQuery, request.args.to_dict())
     after = decode_cursor(args["cursor"], bigint) if args["cursor"] else None
     with database().transaction(g.account_id) as conn:
         links = store.list_links(conn, limit=args["limit"] + 1, tag=args["tag"], text=args["q"], after=after)

@@ -18,6 +18,7 @@ from ..platform.errors import ApiError
 from ..platform.redis import RedisClient, RedisDown
 from . import slugs
 from .model import Link
+from .schemas import EDITABLE
 
 GENERATED_SLUG_ATTEMPTS = 8
 UNKNOWN = ""  # the cache entry of a slug PostgreSQL does not know
@@ -45,15 +46,21 @@ def insert_link(conn: psycopg.Connection, data: dict) -> Link:
     raise RuntimeError("could not find a free slug")  # 31^8 slugs: only reachable when nearly all are used
 
 
-def get_link(conn: psycopg.Connection, slug: str, for_update: bool = False) -> Link | None:
+def get_link(conn: psycopg.Connection, slug: str) -> Link | None:
     """One live link of the transaction's account."""
-    row = query(conn, "get_link_for_update" if for_update else "get_link", {"slug": slug}).fetchone()
+    row = query(conn, "get_link", {"slug": slug}).fetchone()
     return Link.from_row(row) if row else None
 
 
-def update_link(conn: psycopg.Connection, slug: str, values: dict) -> Link:
-    """Replace the editable fields of a live link (locked with get_link(for_update=True))."""
-    return Link.from_row(query(conn, "update_link", {**_params(values), "slug": slug}).fetchone())
+def update_link(conn: psycopg.Connection, slug: str, changes: dict) -> Link | None:
+    """Change the editable fields in changes of a live link, the others kept, in one statement (no read first);
+    None when there is no such link."""
+    params = {"slug": slug, **{name: changes.get(name) for name in EDITABLE}}
+    params.update({f"set_{name}": name in changes for name in EDITABLE})
+    if params["lead_form"] is not None:
+        params["lead_form"] = Jsonb(params["lead_form"])
+    row = query(conn, "update_link", params).fetchone()
+    return Link.from_row(row) if row else None
 
 
 def delete_link(conn: psycopg.Connection, slug: str) -> Link | None:
@@ -118,7 +125,7 @@ class LinkCache:
 
     def __init__(self, redis: RedisClient, *, ttl: int, not_found_ttl: int) -> None:
         self.redis, self.ttl, self.not_found_ttl = redis, ttl, not_found_ttl
-        self._store_if_newer = redis.client.register_script(self.STORE_IF_NEWER)
+        self._store_if_newer = redis.batcher(self.STORE_IF_NEWER)  # concurrent write-throughs share a round trip
         self._lock = threading.Lock()
         self._stale: set[str] = set()
 
@@ -142,9 +149,7 @@ class LinkCache:
         try:
             # Compare-and-set on the version: of two edits committed close together, the later one's entry
             # stays even when its write-through reaches Redis first.
-            self.redis.call(
-                lambda r: self._store_if_newer(keys=[self.key(link.slug)], args=[value, ttl, version], client=r)
-            )
+            self.redis.call(lambda _: self._store_if_newer([self.key(link.slug)], [value, ttl, version]))
         except RedisDown:
             # Redis may come back holding the old entry: drop it as soon as Redis answers again.
             with self._lock:

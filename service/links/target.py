@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 from urllib.parse import quote
 
@@ -15,8 +16,12 @@ class InvalidPhone(ValueError):
     """The text is not a phone number WhatsApp could reach."""
 
 
+@functools.lru_cache(maxsize=4096)
 def normalize_phone(text: str, default_region: str | None = None) -> str:
-    """The E.164 form (+<digits>) of a number written in any human format; raise InvalidPhone otherwise."""
+    """The E.164 form (+<digits>) of a number written in any human format; raise InvalidPhone otherwise.
+
+    Cached (a pure function): a body's phone is checked when validated and normalised again on load, and an
+    integration creating links in bulk often sends the same few numbers."""
     text = text.strip()
     if not text or len(text) > 64:
         raise InvalidPhone("Enter a phone number with its country code, e.g. +55 11 98765-4321.")

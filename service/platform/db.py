@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +25,9 @@ APP_ROLE = "chatlink_app"
 log = logging.getLogger(__name__)
 
 
+_OPEN_TRANSACTION = (psycopg.pq.TransactionStatus.INTRANS, psycopg.pq.TransactionStatus.INERROR)
+
+
 class DatabaseDown(psycopg.OperationalError):
     """The PostgreSQL breaker is open: refused at once, without waiting DB_TIMEOUT_MS for the pool."""
 
@@ -40,6 +45,24 @@ def is_row_error(exc: BaseException) -> bool:
     acknowledge). The one place errors are classified: an unknown error is never blamed on the data."""
     sqlstate = getattr(exc, "sqlstate", None)
     return isinstance(exc, psycopg.Error) and sqlstate is not None and sqlstate[:2] in ROW_DATA_CLASSES
+
+
+# A connection back in the pool for longer than this is checked (one round trip) before it is handed out again;
+# one returned more recently was working a moment ago, and checking it would cost a request a round trip.
+IDLE_CHECK_SECONDS = 1.0
+# When each connection was last returned to its pool (weak: a closed connection drops out on its own).
+_returned_at: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _mark_returned(conn: psycopg.Connection) -> None:
+    _returned_at[conn] = time.monotonic()
+
+
+def check_if_idle(conn: psycopg.Connection) -> None:
+    """The pool's check: a round trip only for a connection that sat idle (a restart or an idle timeout may have
+    closed it meanwhile), so the pool replaces a dead one instead of handing it to a request."""
+    if time.monotonic() - _returned_at.get(conn, 0.0) > IDLE_CHECK_SECONDS:
+        psycopg_pool.ConnectionPool.check_connection(conn)
 
 
 # Connections whose setup SQL ran (weak: a closed connection drops out on its own).
@@ -113,7 +136,8 @@ class Database:
             max_size=size,
             open=False,
             timeout=timeout_ms / 1000,
-            check=psycopg_pool.ConnectionPool.check_connection,
+            check=check_if_idle,
+            reset=_mark_returned,
             configure=_configure(setup_sql) if setup_sql else None,
             kwargs={
                 "autocommit": True,
@@ -151,14 +175,33 @@ class Database:
     @contextmanager
     def transaction(self, account_id: int | None = None, user_id: int | None = None) -> Iterator[psycopg.Connection]:
         """A connection inside a transaction, acting for account_id (and the person user_id, when a person acts)
-        under row-level security."""
-        with self.connection() as conn, conn.transaction():
-            if account_id is not None or user_id is not None:
-                conn.execute(
-                    "select set_config('chatlink.account_id', %s, true), set_config('chatlink.user_id', %s, true)",
-                    ["" if account_id is None else str(account_id), "" if user_id is None else str(user_id)],
-                )
-            yield conn
+        under row-level security.
+
+        Pipelined: statements go out without waiting for each other's replies; a round trip is paid only where the
+        caller reads a result (fetchone/fetchall) and once at the end. BEGIN, the account's set_config and the
+        first query share one round trip; writes whose results nobody reads share the COMMIT's. (BEGIN and COMMIT
+        are sent as statements: psycopg's conn.transaction() waits for each on its own.) An error a statement
+        raises surfaces at the next read or at the end, and the transaction is rolled back whole, as before.
+        """
+        with self.connection() as conn:
+            try:
+                with conn.pipeline():
+                    conn.execute("begin")
+                    if account_id is not None or user_id is not None:
+                        conn.execute(
+                            "select set_config('chatlink.account_id', %s, true), "
+                            "set_config('chatlink.user_id', %s, true)",
+                            ["" if account_id is None else str(account_id), "" if user_id is None else str(user_id)],
+                        )
+                    yield conn
+                    conn.execute("commit")
+            except BaseException:
+                # Best effort: a broken connection (status UNKNOWN) is discarded by the pool anyway, and the error
+                # that brought us here is the one to raise.
+                if conn.info.transaction_status in _OPEN_TRANSACTION:
+                    with contextlib.suppress(psycopg.Error):
+                        conn.execute("rollback")
+                raise
 
     def unscoped_one(self, name: str, params: Any = None) -> dict | None:
         """Run a named query as no account (the narrow SECURITY DEFINER paths only); return its first row."""

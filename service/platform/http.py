@@ -93,8 +93,23 @@ def _unstorable(value: object) -> bool:
     return False
 
 
-def load_or_422(schema: Schema, data: dict) -> dict:
-    """schema.load(data), or a 422 problem naming every invalid field."""
+_SCHEMAS: dict[type[Schema], Schema] = {}
+
+
+def schema_instance(schema_class: type[Schema]) -> Schema:
+    """The one shared instance of a schema class: building a schema deep-copies its declared fields, which cost
+    about as much as loading a body with it. A schema holds no per-load state, so threads may share it."""
+    schema = _SCHEMAS.get(schema_class)
+    if schema is None:
+        schema = _SCHEMAS.setdefault(schema_class, schema_class())
+    return schema
+
+
+def load_or_422(schema: Schema | type[Schema], data: dict) -> dict:
+    """schema.load(data) (given a schema class, with its shared instance), or a 422 problem naming every invalid
+    field."""
+    if isinstance(schema, type):
+        schema = schema_instance(schema)
     # JSON may escape lone surrogates (\ud800) and NUL (\u0000), and a query string may carry them too; no
     # PostgreSQL text (and no client) can hold them: refused for every body and query, naming the field.
     bad = sorted(str(key) for key, value in data.items() if _unstorable(key) or _unstorable(value))

@@ -84,7 +84,7 @@ def _sealed(secret: str) -> str:
 @require_auth
 def create_webhook() -> Response:
     """Register an endpoint; the signing secret is in this answer only. 201; 400, 401, 413, 415, 422, 503."""
-    data = load_or_422(WebhookIn(), read_json_object())
+    data = load_or_422(WebhookIn, read_json_object())
     scheme, rest = data["url"].split(":", 1)
     url = scheme.lower() + ":" + rest  # the scheme is case-insensitive (HTTP://…); stored as its canonical form
     problem = None if settings().webhook_allow_private else address_problem(url)
@@ -137,7 +137,7 @@ def list_deliveries(webhook_id: str) -> Response:
 @require_auth
 def put_whatsapp() -> Response:
     """Configure the WhatsApp Business notification of new leads. 200 (the token is never returned); 4xx."""
-    data = load_or_422(WhatsAppIn(), read_json_object())
+    data = load_or_422(WhatsAppIn, read_json_object())
     try:
         data["notify_number"] = normalize_phone(data["notify_number"])
     except InvalidPhone as exc:

@@ -14,15 +14,17 @@ returning *;
 -- One live link of the transaction's account.
 select * from links where slug = %(slug)s and deleted_at is null;
 
--- name: get_link_for_update
--- One live link of the transaction's account, locked for an edit.
-select * from links where slug = %(slug)s and deleted_at is null for update;
-
 -- name: update_link
--- Replace a link's editable fields.
+-- Change the editable fields an edit gives (set_<field> true) of a live link, the others kept: one statement.
 update links
-   set phone = %(phone)s, message = %(message)s, title = %(title)s, tags = %(tags)s,
-       expires_at = %(expires_at)s, max_clicks = %(max_clicks)s, disabled = %(disabled)s, lead_form = %(lead_form)s,
+   set phone = case when %(set_phone)s then %(phone)s else phone end,
+       message = case when %(set_message)s then %(message)s else message end,
+       title = case when %(set_title)s then %(title)s else title end,
+       tags = case when %(set_tags)s then %(tags)s else tags end,
+       expires_at = case when %(set_expires_at)s then %(expires_at)s else expires_at end,
+       max_clicks = case when %(set_max_clicks)s then %(max_clicks)s else max_clicks end,
+       disabled = case when %(set_disabled)s then %(disabled)s else disabled end,
+       lead_form = case when %(set_lead_form)s then %(lead_form)s else lead_form end,
        updated_at = now()
  where slug = %(slug)s and deleted_at is null
 returning *;

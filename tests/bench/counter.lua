@@ -8,6 +8,9 @@
 --                                across all threads every n in 1..count is requested once, in order; past
 --                                count a thread starts over and counts those requests in `repeats`.
 --   post <api key>               POST /api/v1/links with a JSON body (a new link with a generated slug each time).
+--   api <GET|PATCH> <api key> <file>
+--                                GET or PATCH (a new title) /api/v1/links/<slug>, cycling through the slugs in
+--                                <file> like `list`.
 --
 -- Environment: CHATLINK_BENCH_PACE_MS=<ms> makes every connection wait a random 0..2x<ms> (mean <ms>) before each
 -- request, for latency at a chosen rate instead of at saturation (wrk measures latency without that wait).
@@ -78,6 +81,22 @@ function init(args)
   elseif mode == "seq" then
     prefix, count, nthreads = args[2], tonumber(args[3]), tonumber(args[4])
     position = id
+  elseif mode == "api" then
+    local method, key, n = args[2], args[3], 0
+    for slug in io.lines(args[4]) do
+      if slug ~= "" then
+        n = n + 1
+        local headers = { ["Authorization"] = "Bearer " .. key }
+        local body = nil
+        if method == "PATCH" then
+          headers["Content-Type"] = "application/json"
+          body = string.format('{"title": "Bench edit %d.%d"}', id, n)
+        end
+        prepared[n] = wrk.format(method, "/api/v1/links/" .. slug, headers, body)
+      end
+    end
+    assert(n > 0, "no slugs in " .. args[4])
+    position = ((id - 1) * math.floor(n / 8)) % n
   elseif mode == "post" then
     local body = '{"phone": "+55 11 98765-4321", "message": "Olá! Bench link 👋", "tags": ["bench"]}'
     prepared[1] = wrk.format("POST", "/api/v1/links", {
@@ -90,7 +109,7 @@ function init(args)
 end
 
 function request()
-  if mode == "list" then
+  if mode == "list" or mode == "api" then
     position = position + 1
     if position > #prepared then
       position = 1

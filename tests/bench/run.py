@@ -22,7 +22,10 @@
 #         enough of them are inserted right before the run (from (b)'s rate, an upper bound for (c)'s) that
 #         no slug is requested twice; the script counts any repeat and the harness counts the Redis entries
 #         the run created for those slugs, which is how many slugs missed;
-#     (d) POST /api/v1/links with an API key: a new link with a generated slug per request.
+#     (d) POST /api/v1/links with an API key: a new link with a generated slug per request;
+#     (e) PATCH /api/v1/links/<slug> (a new title) and (f) GET /api/v1/links/<slug>, cycling through BENCH_LINKS
+#         links created through the API. (d), (e) and (f) are each run again paced to about half of their rate,
+#         for latency below saturation (their target: p99 < 50 ms there, and >= 0.3 x (a) at saturation).
 # * Rate limits are on, set too high for wrk to reach, so their cost is included; the access log is off.
 # * CPU use of PostgreSQL + Redis and of unrelated processes is measured per run from /proc; a busy machine
 #   is reported, since it understates every figure. CPU time per request (the loaded server + PostgreSQL + Redis,
@@ -78,6 +81,9 @@ LIMIT_SETTINGS = (
     "RATE_LIMIT_FALLBACK",
 )
 TARGET_P99_B_MS = 10.0
+TARGET_RATIO_API = 0.3  # (d), (e), (f): the API at a redirect's cost
+TARGET_P99_API_MS = 50.0  # ... with p99 below this at half its saturated rate
+API_SCENARIOS = "def"
 AGENTS = (
     "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.0 "
     "Mobile/15E148 Safari/604.1",
@@ -123,9 +129,9 @@ class Options:
         connections = integer("BENCH_CONNECTIONS", 32)
         if connections < threads:
             raise BenchError("BENCH_CONNECTIONS must be at least BENCH_THREADS")
-        scenarios = (os.environ.get("BENCH_SCENARIOS", "").strip() or "abcd").replace(",", "").lower()
-        if not scenarios or set(scenarios) - set("abcd"):
-            raise BenchError(f"BENCH_SCENARIOS={scenarios!r}: letters from a, b, c, d")
+        scenarios = (os.environ.get("BENCH_SCENARIOS", "").strip() or "abcdef").replace(",", "").lower()
+        if not scenarios or set(scenarios) - set("abcdef"):
+            raise BenchError(f"BENCH_SCENARIOS={scenarios!r}: letters from a, b, c, d, e, f")
         return cls(
             duration,
             connections,
@@ -519,6 +525,11 @@ TITLES = {
     "a2": "(a) at the same paced load",
     "c": "(c) GET /<slug>, cache miss",
     "d": "(d) POST /api/v1/links",
+    "d2": "(d) at half its rate (paced)",
+    "e": "(e) PATCH /api/v1/links/<slug>",
+    "e2": "(e) at half its rate (paced)",
+    "f": "(f) GET /api/v1/links/<slug>",
+    "f2": "(f) at half its rate (paced)",
 }
 
 
@@ -570,7 +581,7 @@ def report(results: dict[str, Result], rounds: dict[str, list[Result]]) -> list[
         lines.append("")
     base = results.get("a")
     if base:
-        for key in "bcd":
+        for key in "bc":
             if key in results:
                 ratio = results[key].rps / base.rps
                 target = ""
@@ -586,6 +597,30 @@ def report(results: dict[str, Result], rounds: dict[str, list[Result]]) -> list[
     if "a2" in results:
         a2 = results["a2"]
         lines.append(f"p99 of (a) at {a2.rps:.0f} req/s = {a2.p99_ms:.2f} ms   (the bare baseline under the same load)")
+    return lines + api_report(results)
+
+
+def api_report(results: dict[str, Result]) -> list[str]:
+    """(d), (e), (f) against their targets: >= TARGET_RATIO_API x (a), p99 < TARGET_P99_API_MS at half rate."""
+    lines = []
+    base = results.get("a")
+    for key in API_SCENARIOS:
+        if key not in results:
+            continue
+        result = results[key]
+        if result.cpu:
+            lines.append(f"cpu per request of ({key}) = {1e6 * result.cpu_per_request:.0f} us")
+        if base:
+            ratio = result.rps / base.rps
+            verdict = "met" if ratio >= TARGET_RATIO_API else "MISSED"
+            lines.append(f"{key} / a = {ratio:.2f} x   target ({key}) >= {TARGET_RATIO_API} x (a): {verdict}")
+        paced = results.get(f"{key}2")
+        if paced:
+            verdict = "met" if paced.p99_ms < TARGET_P99_API_MS else "MISSED"
+            lines.append(
+                f"p99 of ({key}) at {paced.rps:.0f} req/s = {paced.p99_ms:.2f} ms   "
+                f"target p99 of ({key}) at half its rate < {TARGET_P99_API_MS:g} ms: {verdict}"
+            )
     return lines
 
 
@@ -649,7 +684,7 @@ class Bench:
     def run(self) -> None:
         self.print_header()
         baseline = self.start_baseline() if "a" in self.options.scenarios else None
-        chatlink = self.start_chatlink() if set(self.options.scenarios) & set("bcd") else None
+        chatlink = self.start_chatlink() if set(self.options.scenarios) & set("bc" + API_SCENARIOS) else None
         try:
             self.chatlink_scenarios(baseline, chatlink)
         except BenchError as exc:
@@ -705,7 +740,7 @@ class Bench:
         return self.server("baseline", ["-c", str(conf), "tests.bench.baseline_app:app"])
 
     def start_chatlink(self) -> Server:
-        """(b), (c), (d)'s server: gunicorn.conf.py serving wsgi:app."""
+        """(b) to (f)'s server: gunicorn.conf.py serving wsgi:app."""
         return self.server("chatlink", ["-c", "gunicorn.conf.py", "wsgi:app"])
 
     def alternate(self, baseline: Server | None, url: str | None, slugs_file: Path | None) -> None:
@@ -733,11 +768,12 @@ class Bench:
         with psycopg.connect(self.owner_url) as conn:
             key = issue_key(conn, f"bench-{self.run_id}")
         served_302 = warmed = 0
+        created: list[str] = []  # slugs of links made through the API, for (e) and (f) as well
         if "b" not in options.scenarios:
             self.alternate(baseline, None, None)
         else:
             t0 = time.monotonic()
-            slugs = create_links(url, key, options.links)
+            slugs = created = create_links(url, key, options.links)
             t1 = time.monotonic()
             warmed = warm_cache(url, slugs)
             served_302 += warmed
@@ -788,11 +824,21 @@ class Bench:
             )
             self.notes.append(check_clicks_recorded(self.owner_url, served_302, in_flight))
 
-        if "d" in options.scenarios:
-            results["d"] = self.wrk_run("(d)", url, "post", key)
+        api_slugs_file = self.workdir / "api-slugs.txt"
+        if set(options.scenarios) & set("ef"):
+            api_slugs_file.write_text("\n".join(created or create_links(url, key, options.links)) + "\n")
+        modes = {"d": ("post", key), "e": ("api", "PATCH", key, str(api_slugs_file))}
+        modes["f"] = ("api", "GET", key, str(api_slugs_file))
+        for letter in API_SCENARIOS:
+            if letter in options.scenarios:
+                results[letter] = self.wrk_run(f"({letter})", url, *modes[letter])
+                # Below saturation: each connection waits so that together they offer about half that rate.
+                pace_ms = 1000 * options.connections / (results[letter].rps / 2)
+                paced = self.wrk_run(f"({letter}) at half rate", url, *modes[letter], pace_ms=pace_ms)
+                results[f"{letter}2"] = paced
 
     def measure_drain_rate(self, clicks: int = 60_000, batch: int = 5000) -> None:
-        """(e): how fast the service's own Drainer moves a backlog of clicks from the Redis stream into PostgreSQL."""
+        """How fast the service's own Drainer moves a backlog of clicks from the Redis stream into PostgreSQL."""
         print(f"\ndrain rate: {clicks} clicks queued on a stream of their own, then drained", flush=True)
         with psycopg.connect(self.owner_url) as conn:
             links = conn.execute("select id, account_id from links order by id limit 200").fetchall()
