@@ -110,7 +110,7 @@ def link_clicks(slug: str) -> Response:
         def export() -> Iterator[bytes]:
             # One transaction for the whole export, opened when the body is first read and closed (the COPY
             # cancelled) when the client goes away.
-            with db.transaction(account_id) as conn:
+            with db.transaction(account_id, pipelined=False) as conn:
                 yield from store.export_clicks_csv(conn, params)
 
         return csv_download(f"{link.slug}-clicks.csv", export())

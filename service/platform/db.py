@@ -173,7 +173,9 @@ class Database:
         self.breaker.success()
 
     @contextmanager
-    def transaction(self, account_id: int | None = None, user_id: int | None = None) -> Iterator[psycopg.Connection]:
+    def transaction(
+        self, account_id: int | None = None, user_id: int | None = None, *, pipelined: bool = True
+    ) -> Iterator[psycopg.Connection]:
         """A connection inside a transaction, acting for account_id (and the person user_id, when a person acts)
         under row-level security.
 
@@ -182,10 +184,11 @@ class Database:
         first query share one round trip; writes whose results nobody reads share the COMMIT's. (BEGIN and COMMIT
         are sent as statements: psycopg's conn.transaction() waits for each on its own.) An error a statement
         raises surfaces at the next read or at the end, and the transaction is rolled back whole, as before.
+        pipelined=False for a COPY, which pipeline mode cannot carry (one statement, nothing to overlap).
         """
         with self.connection() as conn:
             try:
-                with conn.pipeline():
+                with conn.pipeline() if pipelined else contextlib.nullcontext():
                     conn.execute("begin")
                     if account_id is not None or user_id is not None:
                         conn.execute(
