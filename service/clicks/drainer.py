@@ -71,15 +71,26 @@ class Drainer(Loop):
     # --- one step each; tests call these directly ---------------------------------------------------------
     def ensure_group(self) -> None:
         """Create the consumer group (and the stream) once: at start, and again only after Redis answered NOGROUP.
-        XGROUP CREATE needs memory Redis refuses when full, so an ordinary error must never lead here."""
+        XGROUP CREATE needs memory Redis refuses when full, so an ordinary error must never lead here, and a process
+        started while Redis is full (a restart during the fault) must find the group without creating it."""
         if self._group_ready:
             return
-        try:
-            self.redis.xgroup_create(self.stream, self.GROUP, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        if not self._group_exists():
+            try:
+                self.redis.xgroup_create(self.stream, self.GROUP, id="0", mkstream=True)
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
         self._group_ready = True
+
+    def _group_exists(self) -> bool:
+        """Whether the stream has the group (XINFO GROUPS: a read, which Redis answers even when full)."""
+        try:
+            return any(group["name"] == self.GROUP for group in self.redis.xinfo_groups(self.stream))
+        except redis.ResponseError as exc:
+            if "no such key" in str(exc).lower():  # no stream yet, so no group
+                return False
+            raise
 
     def maintain(self) -> None:
         """Partitions for the coming months; forget old visitor keys and visitor sets."""

@@ -109,6 +109,33 @@ def test_a_drainer_frees_a_full_redis_once_postgresql_returns(make_app, settings
         private.kill()
 
 
+def test_a_drainer_started_while_redis_is_full_drains_into_the_existing_group(
+    make_app, settings, make_link, owner_conn, tmp_path
+):
+    """A background process restarted during the fault: XGROUP CREATE is refused when Redis is full (it needs
+    memory), but the group exists, so the new drainer must read without creating it."""
+    private = PrivateRedis(tmp_path / "redis")
+    try:
+        app = make_app(settings, redis_url=private.url, rate_limits_enabled=False)
+        background_for(app).drainer.ensure_group()  # the process before the restart
+        client = app.test_client()
+        link = make_link()
+        ids = {client.get(f"/{link['slug']}").headers["X-Click-Id"] for _ in range(50)}
+        admin = redis.Redis.from_url(private.url)
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", admin.info("memory")["used_memory"] - 1024)
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            admin.xgroup_create("probe-stream", "probe", mkstream=True)
+        restarted = background_for(make_app(settings, redis_url=private.url, rate_limits_enabled=False)).drainer
+        for _ in range(5):
+            if restarted._guarded_count(lambda: restarted.drain_once(block_ms=10)) == 0:
+                break
+        assert _stored(owner_conn, ids) == ids
+        admin.close()
+    finally:
+        private.kill()
+
+
 def test_stale_consumers_are_forgotten_after_their_entries_are_reclaimed(app, client, make_link, owner_conn):
     link = make_link()
     drainer = background_for(app).drainer
