@@ -1,5 +1,6 @@
 """Rate limits: per API key on the API, stricter on creation, per client IP on redirects and on 404 scans."""
 
+import functools
 import gc
 import threading
 import time
@@ -114,6 +115,22 @@ def test_an_app_with_rate_limits_off_keeps_its_limiter_alive(make_app, settings,
     gc.collect()
     response = client.post("/api/v1/links", json={"phone": "+14155552671"}, headers=auth)
     assert response.status_code == 201
+
+
+def test_flask_limiter_hooks_only_into_the_blueprints_it_limits(app):
+    # Its per-request check found nothing to count anywhere else, at 7 % of an API call's CPU. (That its limits
+    # still hold: the log-in and lead-form tests.)
+    limiter = app.extensions["chatlink.limiter"]
+
+    def ours(hook) -> bool:
+        return getattr(hook, "__self__", None) is limiter or (
+            isinstance(hook, functools.partial) and limiter in hook.args
+        )
+
+    registries = (app.before_request_funcs, app.after_request_funcs, app.teardown_request_funcs)
+    assert not [hook for registry in registries for hook in registry.get(None, ()) if ours(hook)]
+    for name in ("accounts", "leads", "accounts_pages"):
+        assert [sum(map(ours, registry.get(name, ()))) for registry in registries] == [1, 1, 1]
 
 
 def test_spaces_in_the_authorization_header_do_not_give_a_fresh_bucket(make_app, settings, api_key):

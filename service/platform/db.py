@@ -50,12 +50,10 @@ def is_row_error(exc: BaseException) -> bool:
 # A connection back in the pool for longer than this is checked (one round trip) before it is handed out again;
 # one returned more recently was working a moment ago, and checking it would cost a request a round trip.
 IDLE_CHECK_SECONDS = 1.0
-# When each connection was last returned to its pool (weak: a closed connection drops out on its own).
+# When each connection was last handed back by Database.connection (weak: a closed connection drops out on its own).
+# Not the pool's reset= callback: with one set, psycopg_pool hands every returned connection to its worker thread
+# (a queue put and a thread wake-up per checkout, and the connection unavailable until that thread has run).
 _returned_at: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _mark_returned(conn: psycopg.Connection) -> None:
-    _returned_at[conn] = time.monotonic()
 
 
 def check_if_idle(conn: psycopg.Connection) -> None:
@@ -137,7 +135,6 @@ class Database:
             open=False,
             timeout=timeout_ms / 1000,
             check=check_if_idle,
-            reset=_mark_returned,
             configure=_configure(setup_sql) if setup_sql else None,
             kwargs={
                 "autocommit": True,
@@ -163,7 +160,10 @@ class Database:
             raise DatabaseDown("PostgreSQL breaker open")
         try:
             with self.pool.connection() as conn:
-                yield conn
+                try:
+                    yield conn
+                finally:
+                    _returned_at[conn] = time.monotonic()
         except UNAVAILABLE_ERRORS as exc:
             self.breaker.failure(exc)
             raise
