@@ -14,7 +14,7 @@ import psycopg
 from flask import current_app, g, request
 
 from .accounts.sessions import sessions
-from .platform.db import database, query
+from .platform.db import KEY_REFUSED, AccountOfKey, database, query
 from .platform.errors import ApiError
 from .platform.observe import ACCOUNT_ID
 
@@ -37,12 +37,6 @@ def presented_key(header_value: str | None) -> str | None:
         return None
     match = KEY_PATTERN.match(header_value[7:].strip())
     return match[0] if match else None
-
-
-def public_id_of(header_value: str | None) -> str | None:
-    """The public id of a well-formed bearer key in an Authorization header, else None."""
-    key = presented_key(header_value)
-    return KEY_PATTERN.match(key)[1] if key else None
 
 
 def new_key() -> tuple[str, str]:
@@ -81,19 +75,32 @@ def _unauthorized(detail: str) -> ApiError:
     return ApiError(401, "unauthorized", "Unauthorized", detail, headers={"WWW-Authenticate": 'Bearer realm="api"'})
 
 
-def authenticate() -> int:
-    """The account id of the request's valid, unrevoked API key; raise 401 otherwise."""
-    header = request.headers.get("Authorization", "")
-    key = presented_key(header)
+NOT_VALID = "The API key is not valid."
+REVOKED = "The API key was revoked."
+
+
+def _well_formed_key() -> str:
+    key = presented_key(request.headers.get("Authorization", ""))
     if key is None:
         raise _unauthorized("The API key is malformed.")
-    row = database().unscoped_one("find_api_key", {"public_id": public_id_of(header)})
-    presented = hash_key(key)
-    if row is None or not hmac.compare_digest(bytes(row["secret_hash"]), presented):
-        raise _unauthorized("The API key is not valid.")
+    return key
+
+
+def authenticate() -> int:
+    """The account id of the request's valid, unrevoked API key; raise 401 otherwise."""
+    key = _well_formed_key()
+    row = database().unscoped_one("find_api_key", {"public_id": KEY_PATTERN.match(key)[1]})
+    if row is None or not hmac.compare_digest(bytes(row["secret_hash"]), hash_key(key)):
+        raise _unauthorized(NOT_VALID)
     if row["revoked"]:
-        raise _unauthorized("The API key was revoked.")
+        raise _unauthorized(REVOKED)
     return row["account_id"]
+
+
+def key_to_check() -> AccountOfKey:
+    """The request's well-formed API key, for its transaction to check (raise 401 for a malformed one)."""
+    key = _well_formed_key()
+    return AccountOfKey(KEY_PATTERN.match(key)[1], hash_key(key))
 
 
 def session_token() -> str | None:
@@ -136,14 +143,17 @@ def _check_csrf(session) -> None:
         )
 
 
-def identify() -> None:
+def identify(*, key_checked_by_transaction: bool = False) -> None:
     """Resolve the request's identity into g: account_id, role, and for a session user_id and session.
     A Bearer key wins over a cookie and acts as the account's owner; a session acts with its member's role
-    and must pass the CSRF check to change anything."""
+    and must pass the CSRF check to change anything. key_checked_by_transaction: a key's account_id is an
+    AccountOfKey, checked by the first transaction it is given to (see require_auth_in_transaction)."""
     g.user_id, g.session = None, None
     if request.headers.get("Authorization"):
-        g.account_id, g.role = authenticate(), "owner"
-        request.environ[ACCOUNT_ID] = g.account_id  # the access log names the account
+        g.role = "owner"
+        g.account_id = key_to_check() if key_checked_by_transaction else authenticate()
+        if not key_checked_by_transaction:
+            request.environ[ACCOUNT_ID] = g.account_id  # the access log names the account
         return
     token = session_token()
     if token is None:
@@ -157,23 +167,53 @@ def identify() -> None:
     request.environ[ACCOUNT_ID] = g.account_id
 
 
-def _requiring(role: str) -> Callable[[Callable], Callable]:
+def _requiring(role: str, *, key_checked_by_transaction: bool = False) -> Callable[[Callable], Callable]:
     def decorate(view: Callable) -> Callable:
         @functools.wraps(view)
         def wrapped(*args, **kwargs):
-            identify()
+            identify(key_checked_by_transaction=key_checked_by_transaction)
             if ROLES.index(g.role) < ROLES.index(role):
                 raise ApiError(403, "forbidden", "Forbidden", f"Only an account {role} may do this.")
-            return view(*args, **kwargs)
+            if not isinstance(g.account_id, AccountOfKey):
+                return view(*args, **kwargs)
+            return _with_key_checked(g.account_id, view, args, kwargs)
 
         return wrapped
 
     return decorate
 
 
+def _with_key_checked(account: AccountOfKey, view: Callable, args, kwargs):
+    """Run view, whose transactions check the key; whatever it answers, a bad key's 401 comes first."""
+    try:
+        response = view(*args, **kwargs)
+    except psycopg.Error as exc:
+        if exc.sqlstate == KEY_REFUSED:
+            raise _unauthorized(REVOKED if exc.diag.message_primary == "revoked" else NOT_VALID) from None
+        raise
+    except ApiError:
+        if account.account_id is None:  # refused before any transaction, e.g. a 422: the key still comes first
+            account.account_id = authenticate()
+        raise
+    finally:
+        if account.account_id is not None:
+            request.environ[ACCOUNT_ID] = account.account_id  # the access log names the account
+    if account.account_id is None:  # the view opened no transaction: check the key before its answer leaves
+        account.account_id = authenticate()
+        request.environ[ACCOUNT_ID] = account.account_id
+    return response
+
+
 def require_auth(view: Callable) -> Callable:
     """Run view for an API key or any member's session, with g.account_id set to its account."""
     return _requiring("member")(view)
+
+
+def require_auth_in_transaction(view: Callable) -> Callable:
+    """require_auth for a view that does nothing outside PostgreSQL before its first transaction of g.account_id:
+    an API key is checked inside that transaction, in the round trip of its first statement, instead of by a
+    look-up of its own before the view. (Before its answer leaves, a view that opened none has the key checked.)"""
+    return _requiring("member", key_checked_by_transaction=True)(view)
 
 
 def require_owner(view: Callable) -> Callable:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 from flask import Blueprint, Response, g, request
 
-from ..auth import require_auth
+from ..auth import require_auth_in_transaction
 from ..clicks.pipeline import API_FIELDS
 from ..leads.store import count_leads
 from ..links import slugs
@@ -30,7 +30,7 @@ def _link(conn, slug: str) -> Link:
 
 
 @bp.get("/links/<slug:slug>/stats")
-@require_auth
+@require_auth_in_transaction
 def link_stats(slug: str) -> Response:
     """Totals, a zero-filled series and top-N breakdowns for one link. 200; 401, 404, 422."""
     args = load_or_422(LinkStatsQuery(), request.args.to_dict())
@@ -41,7 +41,7 @@ def link_stats(slug: str) -> Response:
         "interval": args["interval"],
         "include_bots": args["include_bots"],
     }
-    with database().transaction(g.account_id) as conn:
+    with database().transaction(g.account_id, read_only=True) as conn:
         link = _link(conn, slug)
         params["link_id"] = link.id
         series = store.link_series(conn, params)
@@ -80,12 +80,12 @@ def link_stats(slug: str) -> Response:
 
 
 @bp.get("/stats")
-@require_auth
+@require_auth_in_transaction
 def account_stats() -> Response:
     """The account's totals and top links in the range. 200; 401, 422."""
     args = load_or_422(AccountStatsQuery(), request.args.to_dict())
     params = {"start": args["start_at"], "end": args["end_at"], "limit": args["top"]}
-    with database().transaction(g.account_id) as conn:
+    with database().transaction(g.account_id, read_only=True) as conn:
         totals = store.account_totals(conn, params)
         top = store.account_top_links(conn, params)
     return json_response(
@@ -94,12 +94,12 @@ def account_stats() -> Response:
 
 
 @bp.get("/links/<slug:slug>/clicks")
-@require_auth
+@require_auth_in_transaction
 def link_clicks(slug: str) -> Response:
     """Raw clicks newest first (cursor pages), or the whole range as formula-safe CSV. 200; 401, 404, 422."""
     args = load_or_422(ClicksQuery(), request.args.to_dict())
     db, account_id = database(), g.account_id
-    with db.transaction(account_id) as conn:
+    with db.transaction(account_id, read_only=True) as conn:
         link = _link(conn, slug)
         params = {"start": args["start_at"], "end": args["end_at"], "link_id": link.id}
         if not wants_csv():
@@ -110,7 +110,7 @@ def link_clicks(slug: str) -> Response:
         def export() -> Iterator[bytes]:
             # One transaction for the whole export, opened when the body is first read and closed (the COPY
             # cancelled) when the client goes away.
-            with db.transaction(account_id, pipelined=False) as conn:
+            with db.transaction(account_id, pipelined=False, read_only=True) as conn:
                 yield from store.export_clicks_csv(conn, params)
 
         return csv_download(f"{link.slug}-clicks.csv", export())

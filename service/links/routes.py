@@ -7,7 +7,7 @@ from collections.abc import Callable
 import psycopg
 from flask import Blueprint, Response, g, request
 
-from ..auth import require_auth
+from ..auth import require_auth_in_transaction
 from ..config import settings
 from ..platform.db import database
 from ..platform.errors import ApiError, invalid, not_found
@@ -30,7 +30,7 @@ def _link_not_found(slug: str) -> ApiError:
 
 
 @bp.post("/links")
-@require_auth
+@require_auth_in_transaction
 def create_link() -> Response:
     """Create a link. 201 with the link and Location; 400, 401, 409, 413, 415, 422, 429."""
     body = read_json_object()
@@ -67,14 +67,14 @@ def _created(body: dict, status: int) -> Response:
 
 
 @bp.get("/links/<slug:slug>")
-@require_auth
+@require_auth_in_transaction
 def get_link(slug: str) -> Response:
     """One link of the account. 200; 401, 404."""
-    return json_response(_api(_in_account(slug, store.get_link)))
+    return json_response(_api(_in_account(slug, store.get_link, read_only=True)))
 
 
 @bp.patch("/links/<slug:slug>")
-@require_auth
+@require_auth_in_transaction
 def edit_link(slug: str) -> Response:
     """Change any editable field. 200 with the link; 400, 401, 404, 413, 415, 422."""
     changes = load_or_422(LinkEdit, read_json_object())
@@ -84,17 +84,19 @@ def edit_link(slug: str) -> Response:
 
 
 @bp.delete("/links/<slug:slug>")
-@require_auth
+@require_auth_in_transaction
 def delete_link(slug: str) -> Response:
     """Delete a link; its redirect answers 410 from then on. 204; 401, 404."""
     link_cache().store(_in_account(slug, store.delete_link))
     return Response(status=204)
 
 
-def _in_account(slug: str, action: Callable[[psycopg.Connection, str], Link | None]) -> Link:
+def _in_account(
+    slug: str, action: Callable[[psycopg.Connection, str], Link | None], *, read_only: bool = False
+) -> Link:
     """action(conn, slug) in a transaction of the request's account; 404 when it finds no live link."""
     slug = slugs.normalize(slug)
-    with database().transaction(g.account_id) as conn:
+    with database().transaction(g.account_id, read_only=read_only) as conn:
         link = action(conn, slug)
     if link is None:
         raise _link_not_found(slug)
@@ -102,12 +104,12 @@ def _in_account(slug: str, action: Callable[[psycopg.Connection, str], Link | No
 
 
 @bp.get("/links")
-@require_auth
+@require_auth_in_transaction
 def list_links() -> Response:
     """The account's links, newest first, with cursor pagination. 200; 401, 422."""
     args = load_or_422(LinkListQuery, request.args.to_dict())
     after = decode_cursor(args["cursor"], bigint) if args["cursor"] else None
-    with database().transaction(g.account_id) as conn:
+    with database().transaction(g.account_id, read_only=True) as conn:
         links = store.list_links(conn, limit=args["limit"] + 1, tag=args["tag"], text=args["q"], after=after)
     page, next_cursor = page_of(links, args["limit"], lambda link: (link.created_at, link.id))
     return json_response({"items": [_api(link) for link in page], "next_cursor": next_cursor})

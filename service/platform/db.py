@@ -9,6 +9,7 @@ import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,21 @@ def app_conninfo(owner_url: str, app_url: str = "") -> str:
     return psycopg.conninfo.make_conninfo(**info)
 
 
+# What act_for_api_key (migration 0011) fails a transaction with when it refuses a key.
+KEY_REFUSED = "CK401"
+
+
+@dataclass(eq=False, slots=True)
+class AccountOfKey:
+    """An account known so far only by the API key a request presented. The transaction it is given to checks the key
+    in SQL, in the round trip of its first statement (act_for_api_key: look-up, comparison, revocation), and then acts
+    for the key's account, whose id it records here; a refused key fails that transaction (SQLSTATE KEY_REFUSED)."""
+
+    public_id: str
+    secret_hash: bytes
+    account_id: int | None = None
+
+
 class Database:
     """One connection pool per process, opened after gunicorn forks, behind a breaker: once PostgreSQL has failed
     repeatedly, callers get DatabaseDown in microseconds instead of each waiting DB_TIMEOUT_MS for the pool."""
@@ -174,10 +190,15 @@ class Database:
 
     @contextmanager
     def transaction(
-        self, account_id: int | None = None, user_id: int | None = None, *, pipelined: bool = True
+        self,
+        account: int | AccountOfKey | None = None,
+        user_id: int | None = None,
+        *,
+        pipelined: bool = True,
+        read_only: bool = False,
     ) -> Iterator[psycopg.Connection]:
-        """A connection inside a transaction, acting for account_id (and the person user_id, when a person acts)
-        under row-level security.
+        """A connection inside a transaction, acting for an account (by id, or by an API key it checks first) and the
+        person user_id, when a person acts, under row-level security.
 
         Pipelined: statements go out without waiting for each other's replies; a round trip is paid only where the
         caller reads a result (fetchone/fetchall) and once at the end. BEGIN, the account's set_config and the
@@ -185,19 +206,23 @@ class Database:
         are sent as statements: psycopg's conn.transaction() waits for each on its own.) An error a statement
         raises surfaces at the next read or at the end, and the transaction is rolled back whole, as before.
         pipelined=False for a COPY, which pipeline mode cannot carry (one statement, nothing to overlap).
+
+        read_only (pipelined only): no BEGIN or COMMIT statement at all. PostgreSQL runs everything a pipeline sends
+        before its Sync (at the block's end) as one implicit transaction, made read-only by its first statement, so
+        a write fails instead of being committed by that Sync, which ends the block on an exception too.
         """
+        explicit = not (read_only and pipelined)
         with self.connection() as conn:
             try:
                 with conn.pipeline() if pipelined else contextlib.nullcontext():
-                    conn.execute("begin")
-                    if account_id is not None or user_id is not None:
-                        conn.execute(
-                            "select set_config('chatlink.account_id', %s, true), "
-                            "set_config('chatlink.user_id', %s, true)",
-                            ["" if account_id is None else str(account_id), "" if user_id is None else str(user_id)],
-                        )
+                    if explicit:
+                        conn.execute("begin read only" if read_only else "begin")
+                    checked = self._act_for(conn, account, user_id, read_only and not explicit)
                     yield conn
-                    conn.execute("commit")
+                    if explicit:
+                        conn.execute("commit")
+                if checked is not None:
+                    account.account_id = checked.fetchone()["act_for_api_key"]
             except BaseException:
                 # Best effort: a broken connection (status UNKNOWN) is discarded by the pool anyway, and the error
                 # that brought us here is the one to raise.
@@ -205,6 +230,26 @@ class Database:
                     with contextlib.suppress(psycopg.Error):
                         conn.execute("rollback")
                 raise
+
+    @staticmethod
+    def _act_for(
+        conn: psycopg.Connection, account: int | AccountOfKey | None, user_id: int | None, read_only: bool
+    ) -> psycopg.Cursor | None:
+        """Send the statement that makes the transaction act for account and user_id (and read-only); the cursor
+        whose row will carry the account's id when account is a key to check, else None."""
+        if isinstance(account, AccountOfKey):
+            return conn.cursor().execute(
+                "select act_for_api_key(%s, %s, %s)", [account.public_id, account.secret_hash, read_only]
+            )
+        calls, params = [], []
+        if account is not None or user_id is not None:
+            calls += ["set_config('chatlink.account_id', %s, true)", "set_config('chatlink.user_id', %s, true)"]
+            params += ["" if account is None else str(account), "" if user_id is None else str(user_id)]
+        if read_only:  # only ever to "on": a server in read-only mode refuses a switch to read-write
+            calls.append("set_config('transaction_read_only', 'on', true)")
+        if calls:
+            conn.execute(f"select {', '.join(calls)}", params)
+        return None
 
     def unscoped_one(self, name: str, params: Any = None) -> dict | None:
         """Run a named query as no account (the narrow SECURITY DEFINER paths only); return its first row."""

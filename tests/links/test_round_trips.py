@@ -42,14 +42,14 @@ def one_connection_app(make_app, settings):
     return app
 
 
-def test_creating_a_link_costs_three_round_trips(make_app, settings, auth, tmp_path):
+def test_creating_a_link_costs_two_round_trips(make_app, settings, auth, tmp_path):
     app = one_connection_app(make_app, settings)
     client = app.test_client()
     assert client.post("/api/v1/links", json=BODY, headers=auth).status_code == 201  # warm: keys, prepared plans
     with traced(app, tmp_path / "trace"):
         assert client.post("/api/v1/links", json=BODY, headers=auth).status_code == 201
-    # The key's look-up; BEGIN + the account's set_config + the insert; the outbox insert + COMMIT.
-    assert round_trips(tmp_path / "trace") == 3
+    # BEGIN + the key's check (which sets the account) + the insert; the outbox insert + COMMIT.
+    assert round_trips(tmp_path / "trace") == 2
 
 
 def test_editing_and_reading_a_link_cost_their_round_trips(make_app, settings, auth, tmp_path):
@@ -60,10 +60,11 @@ def test_editing_and_reading_a_link_cost_their_round_trips(make_app, settings, a
         assert client.patch(f"/api/v1/links/{slug}", json={"title": "New"}, headers=auth).status_code == 200
     with traced(app, tmp_path / "get"):
         assert client.get(f"/api/v1/links/{slug}", headers=auth).status_code == 200
-    # PATCH: the key; BEGIN + set_config + the update (the fields it gives, the others kept); COMMIT.
-    assert round_trips(tmp_path / "patch") == 3
-    # GET: the key; BEGIN + set_config + the select; COMMIT.
-    assert round_trips(tmp_path / "get") == 3
+    # PATCH: BEGIN + the key's check + the update (the fields it gives, the others kept); COMMIT.
+    assert round_trips(tmp_path / "patch") == 2
+    # GET: the key's check (which also makes the implicit transaction read-only) + the select; the Sync.
+    assert round_trips(tmp_path / "get") == 2
+    assert "begin" not in (tmp_path / "get").read_text().lower()
 
 
 def test_a_connection_that_died_while_idle_is_replaced_before_a_request_gets_it(
