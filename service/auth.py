@@ -1,5 +1,6 @@
 """Who a request is and for which account: an API key (Bearer) or a login session (cookie, with the CSRF check);
-API keys: issue, hash, verify, revoke; require_auth / require_owner, the one decorator every API view uses."""
+API keys: issue, hash, verify, revoke; require_auth / require_auth_in_transaction / require_owner, one of which
+every API view uses."""
 
 from __future__ import annotations
 
