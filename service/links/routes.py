@@ -70,7 +70,11 @@ def _created(body: dict, status: int) -> Response:
 @require_auth_in_transaction
 def get_link(slug: str) -> Response:
     """One link of the account. 200; 401, 404."""
-    return json_response(_api(_in_account(slug, store.get_link, read_only=True)))
+    slug = slugs.normalize(slug)
+    link = store.read_link(database(), g.account_id, slug)
+    if link is None:
+        raise _link_not_found(slug)
+    return json_response(_api(link))
 
 
 @bp.patch("/links/<slug:slug>")
@@ -91,12 +95,10 @@ def delete_link(slug: str) -> Response:
     return Response(status=204)
 
 
-def _in_account(
-    slug: str, action: Callable[[psycopg.Connection, str], Link | None], *, read_only: bool = False
-) -> Link:
+def _in_account(slug: str, action: Callable[[psycopg.Connection, str], Link | None]) -> Link:
     """action(conn, slug) in a transaction of the request's account; 404 when it finds no live link."""
     slug = slugs.normalize(slug)
-    with database().transaction(g.account_id, read_only=read_only) as conn:
+    with database().transaction(g.account_id) as conn:
         link = action(conn, slug)
     if link is None:
         raise _link_not_found(slug)

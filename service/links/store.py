@@ -13,7 +13,7 @@ import redis
 from flask import current_app
 from psycopg.types.json import Jsonb
 
-from ..platform.db import Database, query
+from ..platform.db import AccountOfKey, Database, query
 from ..platform.errors import ApiError
 from ..platform.redis import RedisClient, RedisDown
 from . import slugs
@@ -49,6 +49,12 @@ def insert_link(conn: psycopg.Connection, data: dict) -> Link:
 def get_link(conn: psycopg.Connection, slug: str) -> Link | None:
     """One live link of the transaction's account."""
     row = query(conn, "get_link", {"slug": slug}).fetchone()
+    return Link.from_row(row) if row else None
+
+
+def read_link(db: Database, account: int | AccountOfKey, slug: str) -> Link | None:
+    """get_link in a read-only transaction of its own: one round trip to PostgreSQL."""
+    row = db.read(account, "get_link", {"slug": slug}).fetchone()
     return Link.from_row(row) if row else None
 
 

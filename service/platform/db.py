@@ -231,6 +231,13 @@ class Database:
                         conn.execute("rollback")
                 raise
 
+    def read(self, account: int | AccountOfKey | None, name: str, params: Any = None) -> psycopg.Cursor:
+        """Run one named query in a read-only transaction of its own, acting for account, in one round trip: the
+        account's statement, the query and the Sync go out together. The cursor comes back with its rows."""
+        with self.transaction(account, read_only=True) as conn:
+            cursor = query(conn, name, params)
+        return cursor
+
     @staticmethod
     def _act_for(
         conn: psycopg.Connection, account: int | AccountOfKey | None, user_id: int | None, read_only: bool
