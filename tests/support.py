@@ -19,12 +19,17 @@ from psycopg import sql
 
 
 def free_port(start: int = 20000, end: int = 32000) -> int:
-    """A TCP port below the ephemeral range that nothing listens on now."""
-    for port in range(start + os.getpid() % 1000, end):
+    """A TCP port in [start, end), below the ephemeral range, that nothing listens on now. The search starts at an
+    offset from the process id (parallel runs pick different ports) and wraps around: it once started at start +
+    pid % 1000 and stopped at end, which for a span of 1000 could leave a single port to try."""
+    span = end - start
+    offset = os.getpid() % span
+    for step in range(span):
+        port = start + (offset + step) % span
         with socket.socket() as probe:
             if probe.connect_ex(("127.0.0.1", port)) != 0:
                 return port
-    raise RuntimeError("no free port")
+    raise RuntimeError(f"no free port in {start}-{end - 1}")
 
 
 def drop_database(server: str, dbname: str) -> None:
