@@ -10,12 +10,13 @@ import hmac
 import re
 import secrets
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import psycopg
 from flask import current_app, g, request
 
 from .accounts.sessions import sessions
-from .platform.db import KEY_REFUSED, AccountOfKey, database, query
+from .platform.db import database, query
 from .platform.errors import ApiError
 from .platform.observe import ACCOUNT_ID
 
@@ -96,6 +97,25 @@ def authenticate() -> int:
     if row["revoked"]:
         raise _unauthorized(REVOKED)
     return row["account_id"]
+
+
+# What act_for_api_key (migration 0011) fails a transaction with when it refuses a key.
+KEY_REFUSED = "CK401"
+
+
+@dataclass(eq=False, slots=True)
+class AccountOfKey:
+    """The account of the API key a request presented, not yet checked: a platform.db.DeferredAccount. The
+    transaction it is given to checks the key in its first statement (act_for_api_key: look-up, comparison,
+    revocation), acts for the key's account and records its id here; a refused key fails that transaction with
+    SQLSTATE KEY_REFUSED."""
+
+    public_id: str
+    secret_hash: bytes
+    account_id: int | None = None
+
+    def statement(self, read_only: bool) -> tuple[str, list]:
+        return "select act_for_api_key(%s, %s, %s)", [self.public_id, self.secret_hash, read_only]
 
 
 def key_to_check() -> AccountOfKey:
@@ -193,16 +213,16 @@ def _with_key_checked(account: AccountOfKey, view: Callable, args, kwargs):
             raise _unauthorized(REVOKED if exc.diag.message_primary == "revoked" else NOT_VALID) from None
         raise
     except ApiError:
-        if account.account_id is None:  # refused before any transaction, e.g. a 422: the key still comes first
-            account.account_id = authenticate()
+        _ensure_checked(account)  # refused before its transaction (a 422, say): a bad key's 401 still comes first
         raise
-    finally:
-        if account.account_id is not None:
-            request.environ[ACCOUNT_ID] = account.account_id  # the access log names the account
-    if account.account_id is None:  # the view opened no transaction: check the key before its answer leaves
-        account.account_id = authenticate()
-        request.environ[ACCOUNT_ID] = account.account_id
+    _ensure_checked(account)  # a view that opened no transaction: the key is checked before the answer leaves
     return response
+
+
+def _ensure_checked(account: AccountOfKey) -> None:
+    if account.account_id is None:
+        account.account_id = authenticate()
+    request.environ[ACCOUNT_ID] = account.account_id  # the access log names the account
 
 
 def require_auth(view: Callable) -> Callable:

@@ -8,8 +8,8 @@ import logging
 import psycopg
 import pytest
 
-from service.auth import hash_key, require_auth_in_transaction
-from service.platform.db import KEY_REFUSED, UNAVAILABLE_ERRORS, AccountOfKey, is_row_error
+from service.auth import KEY_REFUSED, AccountOfKey, hash_key, require_auth_in_transaction
+from service.platform.db import UNAVAILABLE_ERRORS, is_row_error
 
 BODY = {"phone": "+14155552671", "message": "hi"}
 

@@ -70,11 +70,7 @@ def _created(body: dict, status: int) -> Response:
 @require_auth_in_transaction
 def get_link(slug: str) -> Response:
     """One link of the account. 200; 401, 404."""
-    slug = slugs.normalize(slug)
-    link = store.read_link(database(), g.account_id, slug)
-    if link is None:
-        raise _link_not_found(slug)
-    return json_response(_api(link))
+    return json_response(_api(_live(slug, lambda slug: store.read_link(database(), g.account_id, slug))))
 
 
 @bp.patch("/links/<slug:slug>")
@@ -97,9 +93,18 @@ def delete_link(slug: str) -> Response:
 
 def _in_account(slug: str, action: Callable[[psycopg.Connection, str], Link | None]) -> Link:
     """action(conn, slug) in a transaction of the request's account; 404 when it finds no live link."""
+
+    def in_transaction(slug: str) -> Link | None:
+        with database().transaction(g.account_id) as conn:
+            return action(conn, slug)
+
+    return _live(slug, in_transaction)
+
+
+def _live(slug: str, find: Callable[[str], Link | None]) -> Link:
+    """find(the normalised slug), or 404 when it finds no live link."""
     slug = slugs.normalize(slug)
-    with database().transaction(g.account_id) as conn:
-        link = action(conn, slug)
+    link = find(slug)
     if link is None:
         raise _link_not_found(slug)
     return link

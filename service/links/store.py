@@ -13,7 +13,7 @@ import redis
 from flask import current_app
 from psycopg.types.json import Jsonb
 
-from ..platform.db import AccountOfKey, Database, query
+from ..platform.db import Database, DeferredAccount, query
 from ..platform.errors import ApiError
 from ..platform.redis import RedisClient, RedisDown
 from . import slugs
@@ -52,7 +52,7 @@ def get_link(conn: psycopg.Connection, slug: str) -> Link | None:
     return Link.from_row(row) if row else None
 
 
-def read_link(db: Database, account: int | AccountOfKey, slug: str) -> Link | None:
+def read_link(db: Database, account: int | DeferredAccount, slug: str) -> Link | None:
     """get_link in a read-only transaction of its own: one round trip to PostgreSQL."""
     row = db.read(account, "get_link", {"slug": slug}).fetchone()
     return Link.from_row(row) if row else None

@@ -7,16 +7,15 @@ import logging
 import re
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 import psycopg_pool
 from flask import current_app
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 
 from .breaker import Breaker
 
@@ -113,19 +112,14 @@ def app_conninfo(owner_url: str, app_url: str = "") -> str:
     return psycopg.conninfo.make_conninfo(**info)
 
 
-# What act_for_api_key (migration 0011) fails a transaction with when it refuses a key.
-KEY_REFUSED = "CK401"
+class DeferredAccount(Protocol):
+    """An account a transaction learns from its own first statement (an API key it checks, say): statement() is that
+    SQL and its parameters, which sets chatlink.account_id and returns the account id as its one column; the
+    transaction records the id in account_id. A statement that refuses fails the transaction with it."""
 
+    account_id: int | None
 
-@dataclass(eq=False, slots=True)
-class AccountOfKey:
-    """An account known so far only by the API key a request presented. The transaction it is given to checks the key
-    in SQL, in the round trip of its first statement (act_for_api_key: look-up, comparison, revocation), and then acts
-    for the key's account, whose id it records here; a refused key fails that transaction (SQLSTATE KEY_REFUSED)."""
-
-    public_id: str
-    secret_hash: bytes
-    account_id: int | None = None
+    def statement(self, read_only: bool) -> tuple[str, Sequence[Any]]: ...
 
 
 class Database:
@@ -191,14 +185,14 @@ class Database:
     @contextmanager
     def transaction(
         self,
-        account: int | AccountOfKey | None = None,
+        account: int | DeferredAccount | None = None,
         user_id: int | None = None,
         *,
         pipelined: bool = True,
         read_only: bool = False,
     ) -> Iterator[psycopg.Connection]:
-        """A connection inside a transaction, acting for an account (by id, or by an API key it checks first) and the
-        person user_id, when a person acts, under row-level security.
+        """A connection inside a transaction, acting for an account (by id, or a DeferredAccount its first statement
+        establishes) and the person user_id, when a person acts, under row-level security.
 
         Pipelined: statements go out without waiting for each other's replies; a round trip is paid only where the
         caller reads a result (fetchone/fetchall) and once at the end. BEGIN, the account's set_config and the
@@ -217,12 +211,12 @@ class Database:
                 with conn.pipeline() if pipelined else contextlib.nullcontext():
                     if explicit:
                         conn.execute("begin read only" if read_only else "begin")
-                    checked = self._act_for(conn, account, user_id, read_only and not explicit)
+                    deferred = self._act_for(conn, account, user_id, read_only and not explicit)
                     yield conn
                     if explicit:
                         conn.execute("commit")
-                if checked is not None:
-                    account.account_id = checked.fetchone()["act_for_api_key"]
+                if deferred is not None:
+                    account.account_id = deferred.fetchone()[0]
             except BaseException:
                 # Best effort: a broken connection (status UNKNOWN) is discarded by the pool anyway, and the error
                 # that brought us here is the one to raise.
@@ -231,7 +225,7 @@ class Database:
                         conn.execute("rollback")
                 raise
 
-    def read(self, account: int | AccountOfKey | None, name: str, params: Any = None) -> psycopg.Cursor:
+    def read(self, account: int | DeferredAccount | None, name: str, params: Any = None) -> psycopg.Cursor:
         """Run one named query in a read-only transaction of its own, acting for account, in one round trip: the
         account's statement, the query and the Sync go out together. The cursor comes back with its rows."""
         with self.transaction(account, read_only=True) as conn:
@@ -240,14 +234,12 @@ class Database:
 
     @staticmethod
     def _act_for(
-        conn: psycopg.Connection, account: int | AccountOfKey | None, user_id: int | None, read_only: bool
+        conn: psycopg.Connection, account: int | DeferredAccount | None, user_id: int | None, read_only: bool
     ) -> psycopg.Cursor | None:
-        """Send the statement that makes the transaction act for account and user_id (and read-only); the cursor
-        whose row will carry the account's id when account is a key to check, else None."""
-        if isinstance(account, AccountOfKey):
-            return conn.cursor().execute(
-                "select act_for_api_key(%s, %s, %s)", [account.public_id, account.secret_hash, read_only]
-            )
+        """Send the statement that makes the transaction act for account and user_id (and read-only); for a
+        DeferredAccount, the cursor whose row will carry the account's id, else None."""
+        if account is not None and not isinstance(account, int):
+            return conn.cursor(row_factory=tuple_row).execute(*account.statement(read_only))
         calls, params = [], []
         if account is not None or user_id is not None:
             calls += ["set_config('chatlink.account_id', %s, true)", "set_config('chatlink.user_id', %s, true)"]
